@@ -1,0 +1,71 @@
+// The API application: routes and the filter chain every request passes through.
+//
+//   request id -> target parse -> route match (404/405) -> authenticate (cache) -> content type
+//   -> body parse -> transaction [idempotency check -> handler -> audit append -> idempotency
+//   record] -> commit -> auth cache invalidation -> metrics + access log
+//
+// A mutation, its audit record and its idempotency record commit in one transaction.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "api/context.h"
+#include "http/metrics.h"
+#include "http/router.h"
+#include "http/server.h"
+#include "identity/auth.h"
+#include "store/store.h"
+
+namespace aicloud {
+
+using RouteHandler = std::function<json(Context&)>;
+
+struct RouteSpec {
+  std::string method, pattern;
+  Access access;
+  bool mutation;         // runs in a write transaction, audited, honours Idempotency-Key
+  std::string action;    // audit action, e.g. "project.created"
+  RouteHandler handler;
+};
+
+class App : public http::Handler {
+ public:
+  explicit App(Store& store);
+
+  void add(RouteSpec spec);
+  // Builds the metrics registry; call once after all routes are added.
+  void finalize();
+
+  http::Response handle(http::Request& req, const std::string& remote_addr) override;
+  http::Response protocol_error(unsigned status, const std::string& message) override;
+
+  Store& store() { return store_; }
+  AuthService& auth() { return auth_; }
+  http::Metrics& metrics() { return *metrics_; }
+  void set_connection_gauge(std::function<int64_t()> f) { open_connections_ = std::move(f); }
+  int64_t open_connections() const { return open_connections_ ? open_connections_() : 0; }
+
+ private:
+  http::Response run(Context& c, const RouteSpec& spec);
+  void audit_failure(Context& c, const RouteSpec& spec, int status);
+
+  Store& store_;
+  AuthService auth_;
+  http::Router router_;
+  std::vector<RouteSpec> routes_;
+  std::unique_ptr<http::Metrics> metrics_;
+  std::function<int64_t()> open_connections_;
+};
+
+// Route modules.
+void add_system_routes(App& app);
+void add_auth_routes(App& app);
+void add_admin_routes(App& app);
+void add_org_routes(App& app);
+
+// The settings object, created with defaults on first read.
+json read_settings(Tx& tx);
+
+}  // namespace aicloud

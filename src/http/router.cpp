@@ -1,0 +1,97 @@
+#include "http/router.h"
+
+namespace aicloud::http {
+
+static std::vector<std::string_view> split_path(std::string_view p) {
+  std::vector<std::string_view> out;
+  size_t i = 0;
+  while (i < p.size()) {
+    if (p[i] == '/') { ++i; continue; }
+    size_t j = p.find('/', i);
+    if (j == std::string_view::npos) j = p.size();
+    out.push_back(p.substr(i, j - i));
+    i = j;
+  }
+  return out;
+}
+
+int Router::add(std::string method, std::string pattern) {
+  Route r{std::move(method), std::move(pattern), {}};
+  for (auto s : split_path(r.pattern)) r.segments.emplace_back(s);
+  routes_.push_back(std::move(r));
+  return int(routes_.size() - 1);
+}
+
+RouteMatch Router::match(std::string_view method, std::string_view path) const {
+  RouteMatch m;
+  auto segs = split_path(path);
+  for (size_t i = 0; i < routes_.size(); ++i) {
+    const Route& r = routes_[i];
+    if (r.segments.size() != segs.size()) continue;
+    bool ok = true;
+    for (size_t k = 0; k < segs.size() && ok; ++k) {
+      const auto& s = r.segments[k];
+      if (!(s.size() > 1 && s.front() == '{')) ok = s == segs[k];
+    }
+    if (!ok) continue;
+    m.path_known = true;
+    if (!m.allow.empty()) m.allow += ", ";
+    m.allow += r.method;
+    if (m.route < 0 && r.method == method) {
+      m.route = int(i);
+      for (size_t k = 0; k < segs.size(); ++k) {
+        const auto& s = r.segments[k];
+        if (s.size() > 1 && s.front() == '{') m.params.emplace_back(s.substr(1, s.size() - 2), segs[k]);
+      }
+    }
+  }
+  return m;
+}
+
+bool percent_decode(std::string_view in, std::string& out, bool plus_is_space) {
+  out.clear();
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '%') {
+      if (i + 2 >= in.size()) return false;
+      auto hex = [](char h) {
+        return h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+      };
+      int a = hex(in[i + 1]), b = hex(in[i + 2]);
+      if (a < 0 || b < 0) return false;
+      out.push_back(char(a * 16 + b));
+      i += 2;
+    } else if (c == '+' && plus_is_space) {
+      out.push_back(' ');
+    } else {
+      out.push_back(c);
+    }
+  }
+  return true;
+}
+
+bool parse_target(std::string_view target, Target& out) {
+  if (target.empty() || target.front() != '/') return false;
+  size_t q = target.find('?');
+  if (!percent_decode(target.substr(0, q), out.path, false)) return false;
+  if (out.path.find('\0') != std::string::npos) return false;
+  if (q == std::string_view::npos) return true;
+  std::string_view qs = target.substr(q + 1);
+  while (!qs.empty()) {
+    size_t amp = qs.find('&');
+    std::string_view kv = qs.substr(0, amp);
+    if (!kv.empty()) {
+      size_t eq = kv.find('=');
+      std::string k, v;
+      if (!percent_decode(kv.substr(0, eq), k, true)) return false;
+      if (eq != std::string_view::npos && !percent_decode(kv.substr(eq + 1), v, true)) return false;
+      out.query.emplace_back(std::move(k), std::move(v));
+    }
+    if (amp == std::string_view::npos) break;
+    qs = qs.substr(amp + 1);
+  }
+  return true;
+}
+
+}  // namespace aicloud::http

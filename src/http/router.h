@@ -1,0 +1,56 @@
+// Maps (method, path) to a route index and its path parameters. Patterns are literal segments
+// and {name} placeholders: "/v1/organization/projects/{project_id}/api_keys/{key_id}".
+#pragma once
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace aicloud::http {
+
+struct RouteMatch {
+  int route = -1;              // index returned by add(); -1 if none
+  bool path_known = false;     // some route has this path (with another method): 405, not 404
+  std::string allow;           // methods allowed on this path, for the Allow header
+  std::vector<std::pair<std::string, std::string>> params;
+
+  std::string_view param(std::string_view name) const {
+    for (const auto& [k, v] : params) if (k == name) return v;
+    return {};
+  }
+};
+
+class Router {
+ public:
+  int add(std::string method, std::string pattern);
+  RouteMatch match(std::string_view method, std::string_view path) const;
+  const std::string& pattern(int route) const { return routes_[size_t(route)].pattern; }
+  const std::string& method(int route) const { return routes_[size_t(route)].method; }
+  size_t size() const { return routes_.size(); }
+
+ private:
+  struct Route {
+    std::string method, pattern;
+    std::vector<std::string> segments;  // "{x}" = placeholder
+  };
+  std::vector<Route> routes_;
+};
+
+// Splits "/a/b?x=1&y=%20" into a path and decoded query parameters. Returns false for a path
+// that is not a valid origin-form target (bad percent-encoding, no leading slash).
+struct Target {
+  std::string path;
+  std::vector<std::pair<std::string, std::string>> query;
+  std::string_view get(std::string_view key) const {
+    for (const auto& [k, v] : query) if (k == key) return v;
+    return {};
+  }
+  bool has(std::string_view key) const {
+    for (const auto& [k, v] : query) if (k == key) return true;
+    return false;
+  }
+};
+bool parse_target(std::string_view target, Target& out);
+bool percent_decode(std::string_view in, std::string& out, bool plus_is_space);
+
+}  // namespace aicloud::http

@@ -1,0 +1,98 @@
+// Authentication: bearer token -> Principal, through an in-memory cache so that the hot path
+// never reads the database. The cache is dropped whole after any committed change to identity
+// objects (keys, sessions, users, memberships, organizations, projects): invalidation is
+// immediate in this process, and a revoked key fails on its very next request.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "identity/roles.h"
+#include "store/store.h"
+
+namespace aicloud {
+
+enum class PrincipalType { kOperator, kUser, kAdminKey, kProjectKey };
+std::string_view principal_type_name(PrincipalType t);  // operator|user|admin_key|project_key
+
+struct Principal {
+  PrincipalType type = PrincipalType::kOperator;
+  std::string actor_id;    // "operator", a user id or a key id
+  std::string user_id;     // users
+  std::string email;       // users
+  std::string org_id;      // the organization this request acts in ("" if none chosen)
+  std::string project_id;  // project keys
+  Role role = Role::kNone; // role in org_id
+  std::string session_id;  // sessions (logout)
+
+  bool is_operator() const { return type == PrincipalType::kOperator; }
+};
+
+// Token kinds, told apart by prefix. The store kind holds the credential; lookup = sha256.
+struct TokenKind {
+  std::string_view prefix;
+  std::string_view store_kind;
+};
+inline constexpr TokenKind kOperatorToken{"sk-root-", "operator_key"};
+inline constexpr TokenKind kAdminToken{"sk-admin-", "admin_key"};
+inline constexpr TokenKind kProjectToken{"sk-proj-", "api_key"};
+inline constexpr TokenKind kSessionToken{"sess-", "session"};
+
+// A new secret of that kind (prefix + 48 base62) and how it is listed afterwards.
+std::string make_secret(const TokenKind& k);
+std::string redact_secret(std::string_view secret);  // "sk-proj-abc...wxyz"
+
+class AuthService {
+ public:
+  explicit AuthService(Store& store);
+
+  // token: the bearer token; org_hint: the OpenAI-Organization header ("" if absent).
+  // Throws ApiError: 401 for a missing/unknown/expired credential, 403 for a suspended
+  // organization or archived project, 404 for an organization the caller does not belong to.
+  Principal authenticate(std::string_view token, std::string_view org_hint);
+
+  // Drops every cached credential; call after committing a change to identity objects.
+  void invalidate();
+
+  // Persists last_used_at of credentials used since the previous flush (a background task
+  // calls it every few seconds, so a request never writes for it).
+  void flush_last_used();
+
+  size_t cache_size() const;
+
+ private:
+  struct Membership {
+    std::string org_id;
+    Role role;
+    bool org_active;
+  };
+  struct Entry {
+    PrincipalType type;
+    std::string store_kind, id, user_id, email, org_id, project_id;
+    Role role = Role::kNone;
+    bool org_active = true;
+    bool project_active = true;
+    int64_t expires_at = 0;  // 0 = never
+    std::vector<Membership> memberships;
+    std::atomic<int64_t> last_used{0};
+  };
+
+  std::shared_ptr<Entry> load(std::string_view token, const std::string& hash);
+  void note_use(const std::shared_ptr<Entry>& e);
+
+  Store& store_;
+  mutable std::shared_mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<Entry>> cache_;  // sha256(token) -> entry
+  std::atomic<uint64_t> epoch_{0};  // bumped by invalidate(); a load that raced it is not cached
+
+  std::mutex dirty_mu_;
+  std::unordered_map<std::string, std::pair<std::string, int64_t>> dirty_;  // id -> (kind, ts)
+};
+
+}  // namespace aicloud

@@ -1,0 +1,13 @@
+// aicloud: one binary for the server, the single-machine cloud, and the CLI.
+#include <cstring>
+#include <iostream>
+
+#include "cli/cli.h"
+#include "server/server_main.h"
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && (std::strcmp(argv[1], "server") == 0 || std::strcmp(argv[1], "up") == 0)) {
+    return aicloud::server_command(argc - 1, argv + 1);
+  }
+  return aicloud::cli_main(argc, argv);
+}

@@ -1,0 +1,56 @@
+#include "store/migrations.h"
+
+namespace aicloud {
+
+const std::vector<std::string>& sqlite_migrations() {
+  static const std::vector<std::string> m = {
+      // 1: objects, the audit chain, idempotency records.
+      R"sql(
+CREATE TABLE objects (
+  seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind       TEXT NOT NULL,
+  id         TEXT NOT NULL UNIQUE,
+  org_id     TEXT NOT NULL DEFAULT '',
+  project_id TEXT NOT NULL DEFAULT '',
+  parent_id  TEXT NOT NULL DEFAULT '',
+  lookup     TEXT,
+  created_at INTEGER NOT NULL,
+  version    INTEGER NOT NULL,
+  data       TEXT NOT NULL
+);
+CREATE UNIQUE INDEX objects_lookup  ON objects(kind, lookup) WHERE lookup IS NOT NULL;
+CREATE INDEX        objects_org     ON objects(kind, org_id, seq);
+CREATE INDEX        objects_project ON objects(kind, project_id, seq);
+CREATE INDEX        objects_parent  ON objects(kind, parent_id, seq);
+
+CREATE TABLE audit_log (
+  seq         INTEGER PRIMARY KEY,
+  ts_ms       INTEGER NOT NULL,
+  org_id      TEXT NOT NULL,
+  actor_type  TEXT NOT NULL,
+  actor_id    TEXT NOT NULL,
+  action      TEXT NOT NULL,
+  resource_id TEXT NOT NULL,
+  request_id  TEXT NOT NULL,
+  outcome     TEXT NOT NULL,
+  details     TEXT NOT NULL,
+  prev_hash   TEXT NOT NULL,
+  hash        TEXT NOT NULL
+);
+CREATE INDEX audit_org ON audit_log(org_id, seq);
+
+CREATE TABLE idempotency (
+  scope        TEXT NOT NULL,
+  key          TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  status       INTEGER NOT NULL,
+  body         TEXT NOT NULL,
+  created_at   INTEGER NOT NULL,
+  PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+)sql",
+  };
+  return m;
+}
+
+}  // namespace aicloud

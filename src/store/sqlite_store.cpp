@@ -1,0 +1,395 @@
+// SQLite implementation of Store: WAL mode, a pool of connections for concurrent readers and a
+// process-wide writer mutex so writers queue in memory instead of spinning on SQLITE_BUSY.
+#include <sqlite3.h>
+
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "store/migrations.h"
+#include "store/store.h"
+#include "util/time.h"
+
+namespace aicloud {
+namespace {
+
+using json = nlohmann::json;
+
+class Conn {
+ public:
+  Conn(const std::string& path, bool sync_full) {
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        nullptr) != SQLITE_OK) {
+      std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      throw std::runtime_error("cannot open database " + path + ": " + msg);
+    }
+    sqlite3_busy_timeout(db_, 10000);
+    exec("PRAGMA journal_mode=WAL");
+    exec(sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+    exec("PRAGMA foreign_keys=ON");
+  }
+  ~Conn() {
+    for (auto& [_, s] : stmts_) sqlite3_finalize(s);
+    sqlite3_close(db_);
+  }
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string msg = err ? err : "unknown error";
+      sqlite3_free(err);
+      throw std::runtime_error("sqlite: " + msg + " in: " + sql.substr(0, 80));
+    }
+  }
+  // A cached prepared statement, reset and with bindings cleared.
+  sqlite3_stmt* prepare(const std::string& sql) {
+    auto it = stmts_.find(sql);
+    if (it != stmts_.end()) {
+      sqlite3_reset(it->second);
+      sqlite3_clear_bindings(it->second);
+      return it->second;
+    }
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v3(db_, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr) != SQLITE_OK) {
+      throw std::runtime_error(std::string("sqlite prepare: ") + sqlite3_errmsg(db_));
+    }
+    stmts_.emplace(sql, s);
+    return s;
+  }
+  sqlite3* db() { return db_; }
+
+ private:
+  sqlite3* db_ = nullptr;
+  std::unordered_map<std::string, sqlite3_stmt*> stmts_;
+};
+
+// Binding and reading helpers.
+struct Stmt {
+  Conn& c;
+  sqlite3_stmt* s;
+  int i = 0;
+  Stmt(Conn& c, const std::string& sql) : c(c), s(c.prepare(sql)) {}
+  ~Stmt() { sqlite3_reset(s); }
+  Stmt& bind(std::string_view v) {
+    sqlite3_bind_text(s, ++i, v.data(), int(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& bind(int64_t v) {
+    sqlite3_bind_int64(s, ++i, v);
+    return *this;
+  }
+  Stmt& bind_null() {
+    sqlite3_bind_null(s, ++i);
+    return *this;
+  }
+  // true while there is a row
+  bool step() {
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    if (rc == SQLITE_CONSTRAINT) throw StoreConflict(sqlite3_errmsg(c.db()));
+    throw std::runtime_error(std::string("sqlite step: ") + sqlite3_errmsg(c.db()));
+  }
+  std::string text(int col) {
+    auto p = reinterpret_cast<const char*>(sqlite3_column_text(s, col));
+    return p ? std::string(p, size_t(sqlite3_column_bytes(s, col))) : std::string();
+  }
+  int64_t integer(int col) { return sqlite3_column_int64(s, col); }
+};
+
+constexpr const char* kObjCols = "seq, kind, id, org_id, project_id, parent_id, lookup, created_at, version, data";
+
+Object read_object(Stmt& st) {
+  Object o;
+  o.seq = st.integer(0);
+  o.kind = st.text(1);
+  o.id = st.text(2);
+  o.org_id = st.text(3);
+  o.project_id = st.text(4);
+  o.parent_id = st.text(5);
+  o.lookup = st.text(6);
+  o.created_at = st.integer(7);
+  o.version = st.integer(8);
+  o.data = json::parse(st.text(9));
+  return o;
+}
+
+AuditRecord read_audit(Stmt& st) {
+  AuditRecord r;
+  r.seq = st.integer(0);
+  r.ts_ms = st.integer(1);
+  r.org_id = st.text(2);
+  r.actor_type = st.text(3);
+  r.actor_id = st.text(4);
+  r.action = st.text(5);
+  r.resource_id = st.text(6);
+  r.request_id = st.text(7);
+  r.outcome = st.text(8);
+  r.details = json::parse(st.text(9));
+  r.prev_hash = st.text(10);
+  r.hash = st.text(11);
+  return r;
+}
+constexpr const char* kAuditCols =
+    "seq, ts_ms, org_id, actor_type, actor_id, action, resource_id, request_id, outcome, details, prev_hash, hash";
+
+class SqliteStore;
+
+class SqliteTx final : public Tx {
+ public:
+  SqliteTx(SqliteStore& store, std::unique_ptr<Conn> conn, bool write);
+  ~SqliteTx() override;
+
+  std::optional<Object> get(std::string_view kind, std::string_view id) override {
+    Stmt st(*conn_, std::string("SELECT ") + kObjCols + " FROM objects WHERE id=? AND kind=?");
+    st.bind(id).bind(kind);
+    if (!st.step()) return std::nullopt;
+    return read_object(st);
+  }
+  std::optional<Object> find(std::string_view kind, std::string_view lookup) override {
+    Stmt st(*conn_, std::string("SELECT ") + kObjCols + " FROM objects WHERE kind=? AND lookup=?");
+    st.bind(kind).bind(lookup);
+    if (!st.step()) return std::nullopt;
+    return read_object(st);
+  }
+  std::string where(const ListQuery& q) {
+    std::string w = " WHERE kind=?";
+    if (!q.org_id.empty()) w += " AND org_id=?";
+    if (!q.project_id.empty()) w += " AND project_id=?";
+    if (!q.parent_id.empty()) w += " AND parent_id=?";
+    return w;
+  }
+  void bind_where(Stmt& st, const ListQuery& q) {
+    st.bind(q.kind);
+    if (!q.org_id.empty()) st.bind(q.org_id);
+    if (!q.project_id.empty()) st.bind(q.project_id);
+    if (!q.parent_id.empty()) st.bind(q.parent_id);
+  }
+  Page list(const ListQuery& q) override {
+    std::string sql = std::string("SELECT ") + kObjCols + " FROM objects" + where(q);
+    if (!q.after.empty()) {
+      sql += q.newest_first ? " AND seq < (SELECT seq FROM objects WHERE id=?)"
+                            : " AND seq > (SELECT seq FROM objects WHERE id=?)";
+    }
+    sql += q.newest_first ? " ORDER BY seq DESC LIMIT ?" : " ORDER BY seq LIMIT ?";
+    Stmt st(*conn_, sql);
+    bind_where(st, q);
+    if (!q.after.empty()) st.bind(q.after);
+    st.bind(int64_t(q.limit) + 1);
+    Page p;
+    while (st.step()) p.items.push_back(read_object(st));
+    if (p.items.size() > size_t(q.limit)) {
+      p.items.pop_back();
+      p.has_more = true;
+    }
+    return p;
+  }
+  std::vector<Object> all(const ListQuery& q) override {
+    Stmt st(*conn_, std::string("SELECT ") + kObjCols + " FROM objects" + where(q) + " ORDER BY seq");
+    bind_where(st, q);
+    std::vector<Object> out;
+    while (st.step()) out.push_back(read_object(st));
+    return out;
+  }
+  void insert(Object& o) override {
+    require_write();
+    if (o.created_at == 0) o.created_at = now_unix();
+    o.version = 1;
+    Stmt st(*conn_,
+            "INSERT INTO objects(kind, id, org_id, project_id, parent_id, lookup, created_at, version, data) "
+            "VALUES(?,?,?,?,?,?,?,?,?)");
+    st.bind(o.kind).bind(o.id).bind(o.org_id).bind(o.project_id).bind(o.parent_id);
+    if (o.lookup.empty()) st.bind_null(); else st.bind(o.lookup);
+    st.bind(o.created_at).bind(o.version).bind(o.data.dump());
+    st.step();
+    o.seq = sqlite3_last_insert_rowid(conn_->db());
+  }
+  void update(Object& o) override {
+    require_write();
+    Stmt st(*conn_,
+            "UPDATE objects SET org_id=?, project_id=?, parent_id=?, lookup=?, version=version+1, data=? "
+            "WHERE id=? AND kind=? AND version=?");
+    st.bind(o.org_id).bind(o.project_id).bind(o.parent_id);
+    if (o.lookup.empty()) st.bind_null(); else st.bind(o.lookup);
+    st.bind(o.data.dump()).bind(o.id).bind(o.kind).bind(o.version);
+    st.step();
+    if (sqlite3_changes(conn_->db()) != 1) throw StoreConflict("object " + o.id + " changed concurrently");
+    ++o.version;
+  }
+  bool remove(std::string_view kind, std::string_view id) override {
+    require_write();
+    Stmt st(*conn_, "DELETE FROM objects WHERE id=? AND kind=?");
+    st.bind(id).bind(kind);
+    st.step();
+    return sqlite3_changes(conn_->db()) == 1;
+  }
+
+  std::optional<AuditRecord> audit_last() override {
+    Stmt st(*conn_, std::string("SELECT ") + kAuditCols + " FROM audit_log ORDER BY seq DESC LIMIT 1");
+    if (!st.step()) return std::nullopt;
+    return read_audit(st);
+  }
+  void audit_append(AuditRecord& r) override {
+    require_write();
+    Stmt st(*conn_,
+            "INSERT INTO audit_log(ts_ms, org_id, actor_type, actor_id, action, resource_id, request_id, "
+            "outcome, details, prev_hash, hash) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
+    st.bind(r.ts_ms).bind(r.org_id).bind(r.actor_type).bind(r.actor_id).bind(r.action).bind(r.resource_id);
+    st.bind(r.request_id).bind(r.outcome).bind(r.details.dump()).bind(r.prev_hash).bind(r.hash);
+    st.step();
+    r.seq = sqlite3_last_insert_rowid(conn_->db());
+  }
+  std::vector<AuditRecord> audit_list(const AuditQuery& q) override {
+    std::string sql = std::string("SELECT ") + kAuditCols + " FROM audit_log WHERE 1=1";
+    if (!q.org_id.empty()) sql += " AND org_id=?";
+    if (!q.actor_id.empty()) sql += " AND actor_id=?";
+    if (!q.action.empty()) sql += " AND action=?";
+    if (!q.resource_id.empty()) sql += " AND resource_id=?";
+    if (q.since_ms) sql += " AND ts_ms>=?";
+    if (q.until_ms) sql += " AND ts_ms<=?";
+    if (q.before_seq) sql += " AND seq<?";
+    sql += " ORDER BY seq DESC LIMIT ?";
+    Stmt st(*conn_, sql);
+    if (!q.org_id.empty()) st.bind(q.org_id);
+    if (!q.actor_id.empty()) st.bind(q.actor_id);
+    if (!q.action.empty()) st.bind(q.action);
+    if (!q.resource_id.empty()) st.bind(q.resource_id);
+    if (q.since_ms) st.bind(q.since_ms);
+    if (q.until_ms) st.bind(q.until_ms);
+    if (q.before_seq) st.bind(q.before_seq);
+    st.bind(int64_t(q.limit));
+    std::vector<AuditRecord> out;
+    while (st.step()) out.push_back(read_audit(st));
+    return out;
+  }
+  void audit_scan(const std::function<void(const AuditRecord&)>& f) override {
+    Stmt st(*conn_, std::string("SELECT ") + kAuditCols + " FROM audit_log ORDER BY seq");
+    while (st.step()) f(read_audit(st));
+  }
+
+  std::optional<IdempotencyRecord> idempotency_get(std::string_view scope, std::string_view key) override {
+    Stmt st(*conn_, "SELECT request_hash, status, body, created_at FROM idempotency WHERE scope=? AND key=?");
+    st.bind(scope).bind(key);
+    if (!st.step()) return std::nullopt;
+    return IdempotencyRecord{st.text(0), int(st.integer(1)), st.text(2), st.integer(3)};
+  }
+  void idempotency_put(std::string_view scope, std::string_view key, const IdempotencyRecord& r) override {
+    require_write();
+    Stmt st(*conn_,
+            "INSERT INTO idempotency(scope, key, request_hash, status, body, created_at) VALUES(?,?,?,?,?,?)");
+    st.bind(scope).bind(key).bind(r.request_hash).bind(int64_t(r.status)).bind(r.body).bind(r.created_at);
+    st.step();
+  }
+
+  void commit() override;
+
+ private:
+  void require_write() {
+    if (!write_) throw std::logic_error("write in a read-only transaction");
+  }
+  SqliteStore& store_;
+  std::unique_ptr<Conn> conn_;
+  bool write_;
+  bool done_ = false;
+  std::unique_lock<std::mutex> writer_lock_;
+};
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(StoreOptions opts) : opts_(std::move(opts)) {
+    auto c = std::make_unique<Conn>(opts_.path, opts_.sync_full);
+    migrate(*c);
+    release(std::move(c));
+  }
+
+  std::unique_ptr<Tx> begin(bool write) override { return std::make_unique<SqliteTx>(*this, acquire(), write); }
+  uint64_t write_generation() const override { return generation_.load(std::memory_order_acquire); }
+
+  std::unique_ptr<Conn> acquire() {
+    {
+      std::lock_guard lk(pool_mu_);
+      if (!pool_.empty()) {
+        auto c = std::move(pool_.back());
+        pool_.pop_back();
+        return c;
+      }
+    }
+    return std::make_unique<Conn>(opts_.path, opts_.sync_full);
+  }
+  void release(std::unique_ptr<Conn> c) {
+    std::lock_guard lk(pool_mu_);
+    if (pool_.size() < 32) pool_.push_back(std::move(c));
+  }
+  std::mutex& writer_mu() { return writer_mu_; }
+  void bump_generation() { generation_.fetch_add(1, std::memory_order_acq_rel); }
+
+ private:
+  void migrate(Conn& c) {
+    const auto& ms = sqlite_migrations();
+    Stmt st(c, "PRAGMA user_version");
+    st.step();
+    int64_t have = st.integer(0);
+    sqlite3_reset(st.s);
+    if (have > int64_t(ms.size())) {
+      throw std::runtime_error("the data dir's schema is version " + std::to_string(have) +
+                               " but this aicloud binary knows only up to version " + std::to_string(ms.size()) +
+                               ": it was written by a newer aicloud; run that version or a newer one");
+    }
+    for (size_t v = size_t(have); v < ms.size(); ++v) {
+      c.exec("BEGIN IMMEDIATE");
+      try {
+        c.exec(ms[v]);
+        c.exec("PRAGMA user_version=" + std::to_string(v + 1));
+        c.exec("COMMIT");
+      } catch (...) {
+        c.exec("ROLLBACK");
+        throw;
+      }
+    }
+  }
+
+  StoreOptions opts_;
+  std::mutex pool_mu_;
+  std::vector<std::unique_ptr<Conn>> pool_;
+  std::mutex writer_mu_;
+  std::atomic<uint64_t> generation_{0};
+};
+
+SqliteTx::SqliteTx(SqliteStore& store, std::unique_ptr<Conn> conn, bool write)
+    : store_(store), conn_(std::move(conn)), write_(write) {
+  if (write_) writer_lock_ = std::unique_lock(store_.writer_mu());
+  conn_->exec(write_ ? "BEGIN IMMEDIATE" : "BEGIN");
+}
+
+SqliteTx::~SqliteTx() {
+  if (!done_) {
+    try {
+      conn_->exec("ROLLBACK");
+    } catch (...) {
+      // The connection is in an unknown state: drop it rather than return it to the pool.
+      return;
+    }
+  }
+  store_.release(std::move(conn_));
+}
+
+void SqliteTx::commit() {
+  conn_->exec("COMMIT");
+  done_ = true;
+  if (write_) store_.bump_generation();
+}
+
+}  // namespace
+
+std::unique_ptr<Store> open_sqlite_store(const StoreOptions& opts) {
+  auto dir = std::filesystem::path(opts.path).parent_path();
+  if (!dir.empty()) std::filesystem::create_directories(dir);
+  return std::make_unique<SqliteStore>(opts);
+}
+
+}  // namespace aicloud

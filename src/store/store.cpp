@@ -1,0 +1,2 @@
+// Store is an interface; shared helpers for implementations live here.
+#include "store/store.h"

@@ -1,0 +1,149 @@
+// The store: durable state of the control plane behind a narrow interface.
+//
+// Every object is a JSON document with a few indexed columns (kind, id, org, project, parent,
+// one unique lookup key per kind). API handlers only see Store/Tx, never SQL, so a PostgreSQL
+// backend is one more implementation of these two classes. The audit chain and idempotency
+// records have their own small tables because their access patterns differ (append-only,
+// keyed by client key).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace aicloud {
+
+struct Object {
+  std::string kind;        // "organization", "project", "api_key", "user", "membership", ...
+  std::string id;          // globally unique, readable prefix
+  std::string org_id;      // owning organization ("" for global objects)
+  std::string project_id;  // owning project ("" if none)
+  std::string parent_id;   // a non-unique secondary index (e.g. a membership's user)
+  std::string lookup;      // a unique secondary key within the kind ("" = none)
+  int64_t created_at = 0;
+  int64_t version = 0;     // bumped on each update; updates check it (optimistic concurrency)
+  int64_t seq = 0;         // insertion order, for stable paging
+  nlohmann::json data = nlohmann::json::object();
+};
+
+struct ListQuery {
+  std::string kind;
+  std::string org_id;      // filters: "" means any
+  std::string project_id;
+  std::string parent_id;
+  std::string after;       // id of the last object of the previous page
+  int limit = 20;
+  bool newest_first = false;
+};
+
+struct Page {
+  std::vector<Object> items;
+  bool has_more = false;
+};
+
+struct AuditRecord {
+  int64_t seq = 0;
+  int64_t ts_ms = 0;
+  std::string org_id;      // "" for operator-level actions
+  std::string actor_type;  // operator, user, admin_key, project_key, anonymous
+  std::string actor_id;
+  std::string action;      // e.g. "project.created", "api_key.deleted"
+  std::string resource_id;
+  std::string request_id;
+  std::string outcome;     // "success" or "error:<status>"
+  nlohmann::json details = nlohmann::json::object();
+  std::string prev_hash;   // hex sha256 of the previous record ("" for the first)
+  std::string hash;        // hex sha256(prev_hash || canonical fields)
+};
+
+struct AuditQuery {
+  std::string org_id;  // "" = all (operator)
+  std::string actor_id, action, resource_id;
+  int64_t since_ms = 0, until_ms = 0;  // 0 = unbounded
+  int64_t before_seq = 0;              // paging: newest first
+  int limit = 20;
+};
+
+struct IdempotencyRecord {
+  std::string request_hash;
+  int status = 0;
+  std::string body;
+  int64_t created_at = 0;
+};
+
+// A transaction. Destroyed without commit() = rolled back. Not thread-safe: one per request.
+class Tx {
+ public:
+  virtual ~Tx() = default;
+
+  virtual std::optional<Object> get(std::string_view kind, std::string_view id) = 0;
+  virtual std::optional<Object> find(std::string_view kind, std::string_view lookup) = 0;
+  virtual Page list(const ListQuery& q) = 0;
+  // All objects of a kind matching the filters, in insertion order (internal scans, no paging).
+  virtual std::vector<Object> all(const ListQuery& q) = 0;
+
+  // insert sets seq/version/created_at (if 0). Throws StoreConflict on a duplicate id or lookup.
+  virtual void insert(Object& o) = 0;
+  // update requires o.version to match the stored one, then bumps it. Throws StoreConflict.
+  virtual void update(Object& o) = 0;
+  virtual bool remove(std::string_view kind, std::string_view id) = 0;
+
+  virtual std::optional<AuditRecord> audit_last() = 0;
+  virtual void audit_append(AuditRecord& r) = 0;  // r.seq is set
+  virtual std::vector<AuditRecord> audit_list(const AuditQuery& q) = 0;
+  // Every record in chain order, calling f for each (verification).
+  virtual void audit_scan(const std::function<void(const AuditRecord&)>& f) = 0;
+
+  virtual std::optional<IdempotencyRecord> idempotency_get(std::string_view scope, std::string_view key) = 0;
+  virtual void idempotency_put(std::string_view scope, std::string_view key, const IdempotencyRecord& r) = 0;
+
+  virtual void commit() = 0;
+};
+
+struct StoreConflict : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+  // write=true takes the single writer lock for the whole transaction (BEGIN IMMEDIATE).
+  virtual std::unique_ptr<Tx> begin(bool write) = 0;
+  // A monotonically increasing number bumped by every committed write in this process; caches
+  // compare it to know whether what they hold may be stale.
+  virtual uint64_t write_generation() const = 0;
+
+  template <class F>
+  auto read(F&& f) {
+    auto tx = begin(false);
+    return f(*tx);
+  }
+  template <class F>
+  auto write(F&& f) {
+    auto tx = begin(true);
+    if constexpr (std::is_void_v<decltype(f(*tx))>) {
+      f(*tx);
+      tx->commit();
+    } else {
+      auto r = f(*tx);
+      tx->commit();
+      return r;
+    }
+  }
+};
+
+struct StoreOptions {
+  std::string path;          // the SQLite file
+  bool sync_full = true;     // fsync every commit (power-loss safe); false = NORMAL (kill -9 safe)
+};
+
+// Opens (creating if needed) and migrates the SQLite store. Throws std::runtime_error with a
+// message for the operator when the file is newer than this binary or cannot be opened.
+std::unique_ptr<Store> open_sqlite_store(const StoreOptions& opts);
+
+}  // namespace aicloud

@@ -1,0 +1,96 @@
+#include "util/json_util.h"
+
+#include "util/error.h"
+
+namespace aicloud {
+
+json parse_json_body(std::string_view body) {
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return json::object();
+  try {
+    return json::parse(body);
+  } catch (const json::parse_error& e) {
+    // nlohmann's message names the byte position and what it found (including invalid UTF-8).
+    std::string msg = e.what();
+    auto pos = msg.find("parse error");
+    throw bad_request("We could not parse the JSON body of your request: " +
+                          (pos == std::string::npos ? msg : msg.substr(pos)),
+                      "invalid_json");
+  }
+}
+
+std::string dump_json(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+BodyReader::BodyReader(const json& body) : body_(body) {
+  if (!body_.is_object()) throw bad_request("The request body must be a JSON object.", "invalid_json");
+}
+
+const json* BodyReader::field(std::string_view name, const char* type_name,
+                              bool (json::*is)() const noexcept) {
+  seen_.emplace(name);
+  auto it = body_.find(name);
+  if (it == body_.end() || it->is_null()) return nullptr;
+  if (!((*it).*is)()) throw invalid_field(std::string(name), "'" + std::string(name) + "' must be " + type_name + ".");
+  return &*it;
+}
+
+std::string BodyReader::str(std::string_view name, size_t min_len, size_t max_len) {
+  auto v = opt_str(name, min_len, max_len);
+  if (!v) {
+    throw ApiError(400, "invalid_request_error", "Missing required parameter: '" + std::string(name) + "'.",
+                   "missing_required_parameter", std::string(name));
+  }
+  return *v;
+}
+
+std::optional<std::string> BodyReader::opt_str(std::string_view name, size_t min_len, size_t max_len) {
+  const json* v = field(name, "a string", &json::is_string);
+  if (!v) return std::nullopt;
+  const auto& s = v->get_ref<const std::string&>();
+  if (s.size() < min_len) {
+    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be at least " + std::to_string(min_len) + " characters.");
+  }
+  if (s.size() > max_len) {
+    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be at most " + std::to_string(max_len) + " characters.");
+  }
+  return s;
+}
+
+std::optional<bool> BodyReader::opt_bool(std::string_view name) {
+  const json* v = field(name, "a boolean", &json::is_boolean);
+  if (!v) return std::nullopt;
+  return v->get<bool>();
+}
+
+std::optional<int64_t> BodyReader::opt_int(std::string_view name, int64_t min, int64_t max) {
+  const json* v = field(name, "an integer", &json::is_number_integer);
+  if (!v) return std::nullopt;
+  int64_t n = v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX : v->get<int64_t>();
+  if (n < min || n > max) {
+    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be between " + std::to_string(min) +
+                                               " and " + std::to_string(max) + ".");
+  }
+  return n;
+}
+
+std::optional<std::string> BodyReader::opt_enum(std::string_view name, const std::set<std::string>& allowed) {
+  auto v = opt_str(name, 0, 64);
+  if (v && !allowed.count(*v)) {
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "'" : ", '") + a + "'";
+    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be one of " + list + ".");
+  }
+  return v;
+}
+
+const json* BodyReader::opt_object(std::string_view name) { return field(name, "an object", &json::is_object); }
+
+void BodyReader::done() const {
+  for (auto it = body_.begin(); it != body_.end(); ++it) {
+    if (!seen_.count(it.key())) {
+      throw ApiError(400, "invalid_request_error", "Unrecognized request argument supplied: '" + it.key() + "'.",
+                     "unknown_parameter", it.key());
+    }
+  }
+}
+
+}  // namespace aicloud

@@ -1,0 +1,43 @@
+// Strict JSON request bodies: every accepted field is named and typed by the handler, and
+// anything else (a wrong type, a missing field, an unknown field) is a 400 naming the field.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+
+namespace aicloud {
+
+using json = nlohmann::json;
+
+// Parses a body; malformed JSON or invalid UTF-8 is a 400. An empty body is {}.
+json parse_json_body(std::string_view body);
+
+// Serialises for the wire; invalid UTF-8 in stored data is replaced, never thrown.
+std::string dump_json(const json& j);
+
+class BodyReader {
+ public:
+  explicit BodyReader(const json& body);  // 400 unless body is an object
+
+  std::string str(std::string_view field, size_t min_len = 1, size_t max_len = 256);
+  std::optional<std::string> opt_str(std::string_view field, size_t min_len = 0, size_t max_len = 256);
+  std::optional<bool> opt_bool(std::string_view field);
+  std::optional<int64_t> opt_int(std::string_view field, int64_t min, int64_t max);
+  // A string that must be one of `allowed`.
+  std::optional<std::string> opt_enum(std::string_view field, const std::set<std::string>& allowed);
+  const json* opt_object(std::string_view field);
+
+  // Throws 400 naming the first field that no accessor asked for.
+  void done() const;
+
+ private:
+  const json* field(std::string_view name, const char* type_name, bool (json::*is)() const noexcept);
+  json body_;  // a copy: callers often pass a temporary
+  std::set<std::string, std::less<>> seen_;
+};
+
+}  // namespace aicloud
