@@ -2,6 +2,7 @@
 #include <cstring>
 #include <iostream>
 
+#include "agent/agent.h"
 #include "cli/cli.h"
 #include "server/server_main.h"
 
@@ -9,5 +10,6 @@ int main(int argc, char** argv) {
   if (argc >= 2 && (std::strcmp(argv[1], "server") == 0 || std::strcmp(argv[1], "up") == 0)) {
     return aicloud::server_command(argc - 1, argv + 1);
   }
+  if (argc >= 2 && std::strcmp(argv[1], "agent") == 0) return aicloud::agent_command(argc - 1, argv + 1);
   return aicloud::cli_main(argc, argv);
 }

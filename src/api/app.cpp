@@ -126,6 +126,11 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
       if (spec.access == Access::kOperator && !c.principal->is_operator()) {
         throw forbidden("This endpoint is for the cloud operator only.", "operator_only");
       }
+      bool node = c.principal->type == PrincipalType::kNode;
+      if (spec.access == Access::kNode && !node) throw forbidden("This endpoint is for node agents only.", "agent_only");
+      if (node && spec.access != Access::kNode && spec.access != Access::kAny) {
+        throw forbidden("Node credentials can only use the agent API (/agent/v1).", "agent_only");
+      }
       if (spec.access == Access::kOrg) c.org_id();  // 400 if no organization is chosen
     }
 

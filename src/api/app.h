@@ -64,6 +64,8 @@ void add_system_routes(App& app);
 void add_auth_routes(App& app);
 void add_admin_routes(App& app);
 void add_org_routes(App& app);
+class NodeLeases;
+void add_capacity_routes(App& app, NodeLeases& leases);
 
 // The settings object, created with defaults on first read.
 json read_settings(Tx& tx);

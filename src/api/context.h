@@ -22,6 +22,7 @@ enum class Access {
   kAny,       // any valid credential
   kOperator,  // the operator's root key only
   kOrg,       // a credential acting in an organization (users, admin keys, operator naming one)
+  kNode,      // a node agent's credential only
 };
 
 struct Context {

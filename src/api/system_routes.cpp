@@ -15,6 +15,12 @@ void add_system_routes(App& app) {
              text += "# HELP aicloud_auth_cache_entries Credentials held in the authentication cache.\n"
                      "# TYPE aicloud_auth_cache_entries gauge\naicloud_auth_cache_entries " +
                      std::to_string(c.app.auth().cache_size()) + "\n";
+             text += "# HELP aicloud_auth_cache_hits_total Authenticated requests answered from the cache.\n"
+                     "# TYPE aicloud_auth_cache_hits_total counter\naicloud_auth_cache_hits_total " +
+                     std::to_string(c.app.auth().cache_hits()) + "\n";
+             text += "# HELP aicloud_auth_cache_misses_total Authentications that read the store (cache miss).\n"
+                     "# TYPE aicloud_auth_cache_misses_total counter\naicloud_auth_cache_misses_total " +
+                     std::to_string(c.app.auth().cache_misses()) + "\n";
              c.raw_body = std::move(text);
              c.content_type = "text/plain; version=0.0.4";
              return json();

@@ -13,6 +13,7 @@ std::string_view principal_type_name(PrincipalType t) {
     case PrincipalType::kUser: return "user";
     case PrincipalType::kAdminKey: return "admin_key";
     case PrincipalType::kProjectKey: return "project_key";
+    case PrincipalType::kNode: return "node";
   }
   return "unknown";
 }
@@ -40,7 +41,7 @@ void AuthService::invalidate() {
 }
 
 static const TokenKind* kind_of(std::string_view token) {
-  for (const TokenKind* k : {&kOperatorToken, &kAdminToken, &kProjectToken, &kSessionToken}) {
+  for (const TokenKind* k : {&kOperatorToken, &kAdminToken, &kProjectToken, &kSessionToken, &kNodeToken}) {
     if (token.starts_with(k->prefix) && token.size() >= k->prefix.size() + 24 && token.size() <= k->prefix.size() + 128) return k;
   }
   return nullptr;
@@ -73,6 +74,9 @@ std::shared_ptr<AuthService::Entry> AuthService::load(std::string_view token, co
       e->org_active = org_active(e->org_id);
       auto proj = tx.get("project", e->project_id);
       e->project_active = proj && proj->data.value("status", "active") == "active";
+    } else if (k == &kNodeToken) {
+      e->type = PrincipalType::kNode;
+      e->node_id = cred->parent_id;
     } else {
       e->type = PrincipalType::kUser;
       e->user_id = cred->parent_id;
@@ -131,7 +135,10 @@ Principal AuthService::authenticate(std::string_view token, std::string_view org
     auto it = cache_.find(hash);
     if (it != cache_.end()) e = it->second;
   }
-  if (!e) {
+  if (e) {
+    hits_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    misses_.fetch_add(1, std::memory_order_relaxed);
     uint64_t epoch = epoch_.load();
     e = load(token, hash);
     if (!e) throw unauthorized("Incorrect API key provided: " + redact_secret(token) + ".");
@@ -145,7 +152,10 @@ Principal AuthService::authenticate(std::string_view token, std::string_view org
 
   Principal p;
   p.type = e->type;
-  p.actor_id = e->type == PrincipalType::kOperator ? "operator" : e->type == PrincipalType::kUser ? e->user_id : e->id;
+  p.actor_id = e->type == PrincipalType::kOperator ? "operator"
+               : e->type == PrincipalType::kUser   ? e->user_id
+               : e->type == PrincipalType::kNode   ? e->node_id
+                                                   : e->id;
   p.user_id = e->user_id;
   p.email = e->email;
   p.org_id = e->org_id;
@@ -156,6 +166,9 @@ Principal AuthService::authenticate(std::string_view token, std::string_view org
   switch (e->type) {
     case PrincipalType::kOperator:
       p.org_id = std::string(org_hint);  // the operator may act in any organization it names
+      break;
+    case PrincipalType::kNode:
+      p.node_id = e->node_id;
       break;
     case PrincipalType::kAdminKey:
     case PrincipalType::kProjectKey:

@@ -18,18 +18,19 @@
 
 namespace aicloud {
 
-enum class PrincipalType { kOperator, kUser, kAdminKey, kProjectKey };
-std::string_view principal_type_name(PrincipalType t);  // operator|user|admin_key|project_key
+enum class PrincipalType { kOperator, kUser, kAdminKey, kProjectKey, kNode };
+std::string_view principal_type_name(PrincipalType t);  // operator|user|admin_key|project_key|node
 
 struct Principal {
   PrincipalType type = PrincipalType::kOperator;
-  std::string actor_id;    // "operator", a user id or a key id
+  std::string actor_id;    // "operator", a user id, a key id or a node id
   std::string user_id;     // users
   std::string email;       // users
   std::string org_id;      // the organization this request acts in ("" if none chosen)
   std::string project_id;  // project keys
   Role role = Role::kNone; // role in org_id
   std::string session_id;  // sessions (logout)
+  std::string node_id;     // node agents
 
   bool is_operator() const { return type == PrincipalType::kOperator; }
 };
@@ -43,6 +44,7 @@ inline constexpr TokenKind kOperatorToken{"sk-root-", "operator_key"};
 inline constexpr TokenKind kAdminToken{"sk-admin-", "admin_key"};
 inline constexpr TokenKind kProjectToken{"sk-proj-", "api_key"};
 inline constexpr TokenKind kSessionToken{"sess-", "session"};
+inline constexpr TokenKind kNodeToken{"sk-node-", "node_key"};  // an agent's credential
 
 // A new secret of that kind (prefix + 48 base62) and how it is listed afterwards.
 std::string make_secret(const TokenKind& k);
@@ -65,6 +67,10 @@ class AuthService {
   void flush_last_used();
 
   size_t cache_size() const;
+  // Requests answered from the cache, and those that had to read the store (a first use, or
+  // the first use after invalidate()); /metrics exports both, bench/http/run.sh checks them.
+  uint64_t cache_hits() const { return hits_.load(std::memory_order_relaxed); }
+  uint64_t cache_misses() const { return misses_.load(std::memory_order_relaxed); }
 
  private:
   struct Membership {
@@ -74,7 +80,7 @@ class AuthService {
   };
   struct Entry {
     PrincipalType type;
-    std::string store_kind, id, user_id, email, org_id, project_id;
+    std::string store_kind, id, user_id, email, org_id, project_id, node_id;
     Role role = Role::kNone;
     bool org_active = true;
     bool project_active = true;
@@ -90,6 +96,7 @@ class AuthService {
   mutable std::shared_mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<Entry>> cache_;  // sha256(token) -> entry
   std::atomic<uint64_t> epoch_{0};  // bumped by invalidate(); a load that raced it is not cached
+  std::atomic<uint64_t> hits_{0}, misses_{0};
 
   std::mutex dirty_mu_;
   std::unordered_map<std::string, std::pair<std::string, int64_t>> dirty_;  // id -> (kind, ts)

@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "api/app.h"
+#include "capacity/leases.h"
 #include "identity/crypto.h"
 #include "util/log.h"
 
@@ -83,6 +84,7 @@ int server_command(int argc, char** argv) {
   std::string sync = "full";
   int threads = 0;
   size_t body_limit = 16 * 1024 * 1024;
+  int64_t heartbeat_ms = 5000;
   cli.add_option("--listen", listen, "address:port to serve on (port 0 picks a free one)")->capture_default_str();
   auto* dd = cli.add_option("--data-dir", data_dir, "where the database and the operator key live");
   if (up) dd->capture_default_str(); else dd->required();
@@ -93,6 +95,9 @@ int server_command(int argc, char** argv) {
       ->check(CLI::IsMember({"full", "normal"}))
       ->capture_default_str();
   cli.add_option("--threads", threads, "HTTP worker threads (0 = one per core)")->check(CLI::Range(0, 256));
+  cli.add_option("--heartbeat-interval-ms", heartbeat_ms, "how often agents beat; 3 missed beats = not-ready")
+      ->check(CLI::Range(int64_t(100), int64_t(600'000)))
+      ->capture_default_str();
   cli.add_option("--max-body-bytes", body_limit, "request body limit; larger bodies get 413")->capture_default_str();
   try {
     cli.parse(argc, argv);
@@ -131,6 +136,8 @@ int server_command(int argc, char** argv) {
     add_auth_routes(app);
     add_admin_routes(app);
     add_org_routes(app);
+    NodeLeases leases(heartbeat_ms);
+    add_capacity_routes(app, leases);
     app.finalize();
 
     http::Server server(so, app);

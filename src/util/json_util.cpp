@@ -84,6 +84,8 @@ std::optional<std::string> BodyReader::opt_enum(std::string_view name, const std
 
 const json* BodyReader::opt_object(std::string_view name) { return field(name, "an object", &json::is_object); }
 
+const json* BodyReader::opt_array(std::string_view name) { return field(name, "an array", &json::is_array); }
+
 void BodyReader::done() const {
   for (auto it = body_.begin(); it != body_.end(); ++it) {
     if (!seen_.count(it.key())) {

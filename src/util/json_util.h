@@ -30,6 +30,7 @@ class BodyReader {
   // A string that must be one of `allowed`.
   std::optional<std::string> opt_enum(std::string_view field, const std::set<std::string>& allowed);
   const json* opt_object(std::string_view field);
+  const json* opt_array(std::string_view field);
 
   // Throws 400 naming the first field that no accessor asked for.
   void done() const;
