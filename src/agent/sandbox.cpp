@@ -1,0 +1,106 @@
+#include "agent/sandbox.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace aicloud {
+namespace fs = std::filesystem;
+
+namespace {
+
+bool write_file(const fs::path& p, const std::string& v) {
+  std::ofstream f(p);
+  f << v;
+  f.flush();
+  return bool(f);
+}
+
+bool cgroup_v2() { return fs::exists("/sys/fs/cgroup/cgroup.controllers"); }
+
+// A writable cgroup directory we may create children in, for a v1 controller or v2.
+fs::path cgroup_root(const std::string& controller) {
+  fs::path base = controller.empty() ? fs::path("/sys/fs/cgroup") : fs::path("/sys/fs/cgroup") / controller;
+  std::error_code ec;
+  fs::path root = base / "aicloud";
+  fs::create_directories(root, ec);
+  if (ec || access(root.c_str(), W_OK) != 0) return {};
+  return root;
+}
+
+}  // namespace
+
+std::string sandbox_limit_mode() {
+  if (cgroup_v2()) return cgroup_root("").empty() ? "rlimit" : "cgroup-v2";
+  return cgroup_root("memory").empty() ? "rlimit" : "cgroup-v1";
+}
+
+std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
+  std::vector<std::string> out;
+  if (spec.memory_bytes <= 0 && spec.cpus <= 0) return out;
+  std::error_code ec;
+  if (cgroup_v2()) {
+    fs::path root = cgroup_root("");
+    if (root.empty()) return out;
+    write_file(root / "cgroup.subtree_control", "+memory +cpu");
+    fs::path g = root / spec.id;
+    fs::create_directories(g, ec);
+    if (ec) return out;
+    if (spec.memory_bytes > 0) write_file(g / "memory.max", std::to_string(spec.memory_bytes));
+    if (spec.cpus > 0) write_file(g / "cpu.max", std::to_string(int64_t(spec.cpus * 100000)) + " 100000");
+    out.push_back(g.string());
+    return out;
+  }
+  if (spec.memory_bytes > 0) {
+    fs::path root = cgroup_root("memory");
+    if (!root.empty()) {
+      fs::path g = root / spec.id;
+      fs::create_directories(g, ec);
+      if (!ec && write_file(g / "memory.limit_in_bytes", std::to_string(spec.memory_bytes))) out.push_back(g.string());
+    }
+  }
+  if (spec.cpus > 0) {
+    fs::path root = cgroup_root("cpu");
+    if (!root.empty()) {
+      fs::path g = root / spec.id;
+      fs::create_directories(g, ec);
+      if (!ec && write_file(g / "cpu.cfs_period_us", "100000") &&
+          write_file(g / "cpu.cfs_quota_us", std::to_string(int64_t(spec.cpus * 100000)))) {
+        out.push_back(g.string());
+      }
+    }
+  }
+  return out;
+}
+
+std::string sandbox_enter(const SandboxSpec& spec, const std::vector<std::string>& cgroups) {
+  std::string pid = std::to_string(getpid());
+  for (const auto& g : cgroups) {
+    if (!write_file(fs::path(g) / "cgroup.procs", pid)) return "cannot join cgroup " + g;
+  }
+  if (cgroups.empty() && spec.memory_bytes > 0) {
+    // Without cgroups: cap the data segment (RLIMIT_AS would also count reserved GPU mappings).
+    rlimit rl{rlim_t(spec.memory_bytes), rlim_t(spec.memory_bytes)};
+    setrlimit(RLIMIT_DATA, &rl);
+  }
+  if (!spec.run_as.empty() && geteuid() == 0) {
+    passwd* pw = getpwnam(spec.run_as.c_str());
+    if (!pw) return "no such user: " + spec.run_as;
+    if (setgroups(0, nullptr) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+      return "cannot switch to user " + spec.run_as;
+    }
+    setenv("HOME", spec.dir.c_str(), 1);
+    setenv("USER", spec.run_as.c_str(), 1);
+  }
+  return "";
+}
+
+void sandbox_cleanup(const std::vector<std::string>& cgroups) {
+  for (const auto& g : cgroups) rmdir(g.c_str());
+}
+
+}  // namespace aicloud

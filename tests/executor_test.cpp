@@ -1,0 +1,145 @@
+// The agent's process executor with real processes: exit codes, logs with rotation, stopping a
+// whole process tree (SIGTERM, then SIGKILL after the grace period), GPU visibility, and
+// re-adoption of running workloads by a new Executor (an agent restart).
+#include "agent/executor.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
+
+#include "support/server_process.h"
+#include "util/time.h"
+
+using namespace aicloud;
+using namespace aicloud::test;
+
+namespace {
+
+ProcessState wait_done(Executor& ex, const std::string& id, int ms = 10000) {
+  ProcessState s;
+  for (int t = 0; t < ms; t += 20) {
+    ex.tick();
+    s = ex.state(id);
+    if (s.phase == ProcessState::kExited) return s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return s;
+}
+
+SandboxSpec spec(const std::string& id, std::vector<std::string> argv) {
+  SandboxSpec s;
+  s.id = id;
+  s.argv = std::move(argv);
+  return s;
+}
+
+std::string log_of(Executor& ex, const std::string& id) {
+  int64_t total = 0;
+  return ex.read_log(id, 0, 1 << 20, &total);
+}
+
+TEST(Executor, RunsToCompletionWithExitCodeAndLogs) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("asg_1", {"echo hello from $AICLOUD_RANK; echo oops >&2; exit 3"});
+  s.env["AICLOUD_RANK"] = "7";
+  ASSERT_TRUE(ex.start(s, &err)) << err;
+  ProcessState st = wait_done(ex, "asg_1");
+  ASSERT_EQ(st.phase, ProcessState::kExited);
+  EXPECT_EQ(st.exit_code, 3);
+  std::string log = log_of(ex, "asg_1");
+  EXPECT_NE(log.find("hello from 7"), std::string::npos) << log;
+  EXPECT_NE(log.find("oops"), std::string::npos) << log;
+  // Starting the same id again is a no-op: nothing runs twice.
+  ASSERT_TRUE(ex.start(s, &err));
+  EXPECT_EQ(ex.state("asg_1").exit_code, 3);
+  EXPECT_EQ(ex.known().size(), 1u);
+}
+
+TEST(Executor, CommandNotFoundIs127) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  ASSERT_TRUE(ex.start(spec("asg_nf", {"/no/such/program", "x"}), &err));
+  ProcessState st = wait_done(ex, "asg_nf");
+  EXPECT_EQ(st.exit_code, 127);
+  EXPECT_NE(log_of(ex, "asg_nf").find("cannot run /no/such/program"), std::string::npos);
+}
+
+TEST(Executor, GpuVisibility) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("asg_gpu", {"echo cuda=[$CUDA_VISIBLE_DEVICES] nv=[$NVIDIA_VISIBLE_DEVICES]"});
+  s.gpus = {2, 3};
+  ASSERT_TRUE(ex.start(s, &err));
+  wait_done(ex, "asg_gpu");
+  EXPECT_NE(log_of(ex, "asg_gpu").find("cuda=[2,3] nv=[2,3]"), std::string::npos) << log_of(ex, "asg_gpu");
+  ASSERT_TRUE(ex.start(spec("asg_cpu", {"echo cuda=[$CUDA_VISIBLE_DEVICES] nv=[$NVIDIA_VISIBLE_DEVICES]"}), &err));
+  wait_done(ex, "asg_cpu");
+  EXPECT_NE(log_of(ex, "asg_cpu").find("cuda=[] nv=[void]"), std::string::npos);
+}
+
+TEST(Executor, StopKillsTheWholeTreeAndEscalates) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  // A tree: the shell, a background sleep, and a foreground sleep; TERM ends it gracefully.
+  ASSERT_TRUE(ex.start(spec("asg_tree", {"trap 'echo got TERM; exit 0' TERM; sleep 300 & sleep 300 & wait"}), &err));
+  // One that ignores SIGTERM must be SIGKILLed after the grace period.
+  ASSERT_TRUE(ex.start(spec("asg_stubborn", {"trap '' TERM; sleep 300 & wait"}), &err));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(ex.state("asg_tree").phase, ProcessState::kRunning);
+  pid_t tree = ex.state("asg_tree").pgid;
+  int64_t t0 = now_ms();
+  ex.stop("asg_tree", 5000);
+  ex.stop("asg_stubborn", 500);
+  ProcessState a = wait_done(ex, "asg_tree");
+  ProcessState b = wait_done(ex, "asg_stubborn");
+  EXPECT_EQ(a.phase, ProcessState::kExited);
+  EXPECT_EQ(b.phase, ProcessState::kExited);
+  EXPECT_EQ(b.exit_code, 128 + SIGKILL);
+  EXPECT_GE(now_ms() - t0, 500);
+  EXPECT_NE(::kill(-tree, 0), 0) << "a process of the stopped tree survived";
+  EXPECT_NE(log_of(ex, "asg_tree").find("got TERM"), std::string::npos);
+}
+
+TEST(Executor, ANewExecutorReadoptsRunningWorkloads) {
+  TempDir d;
+  std::string err;
+  {
+    Executor ex(d.path(), aicloud_binary());
+    ASSERT_TRUE(ex.start(spec("asg_long", {"sleep 300"}), &err));
+    ASSERT_TRUE(ex.start(spec("asg_short", {"exit 4"}), &err));
+    wait_done(ex, "asg_short");
+  }  // the "agent" goes away; its workloads do not
+  Executor again(d.path(), aicloud_binary());
+  auto ids = again.known();
+  EXPECT_EQ(ids.size(), 2u);
+  EXPECT_EQ(again.state("asg_long").phase, ProcessState::kRunning);
+  EXPECT_EQ(again.state("asg_short").exit_code, 4);
+  again.stop("asg_long", 1000);
+  EXPECT_EQ(wait_done(again, "asg_long").phase, ProcessState::kExited);
+  again.forget("asg_long");
+  EXPECT_EQ(again.known().size(), 1u);
+}
+
+TEST(Executor, LogsRotateAtTheirCap) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("asg_log", {"for i in $(seq 1 2000); do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxx; done"});
+  s.log_cap_bytes = 16 * 1024;
+  ASSERT_TRUE(ex.start(s, &err));
+  wait_done(ex, "asg_log");
+  int64_t total = 0;
+  std::string log = ex.read_log("asg_log", 0, 1 << 20, &total);
+  EXPECT_LE(total, 2 * 16 * 1024 + 65536);
+  EXPECT_NE(log.find("line-2000-"), std::string::npos);  // the tail is kept
+  EXPECT_EQ(log.find("line-1-x"), std::string::npos);    // the head rotated away
+}
+
+}  // namespace
