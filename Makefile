@@ -30,5 +30,17 @@ test-asan: setup
 up: build
 	$(BUILD)/aicloud up
 
+# The HTTP benchmark against nginx on this machine (bench/http/run.sh; its knobs, e.g.
+# RUNS=3 DURATION=5, pass through the environment). Figures: docs/PERFORMANCE.md.
+bench: build
+	AICLOUD_BIN=$(BUILD)/aicloud bash bench/http/run.sh
+
+# The request fuzzer for FUZZ_SECONDS on fuzz/corpus, keeping what it finds in fuzz/corpus-run/
+# (make test runs it for 25 s). See fuzz/README.md.
+FUZZ_SECONDS ?= 600
+fuzz: build
+	@test -x $(BUILD)/fuzz/http_request_fuzzer || { echo "make fuzz: no fuzzer was built: it needs clang++ with libFuzzer (scripts/setup.sh)"; exit 1; }
+	bash fuzz/run.sh $(BUILD)/fuzz/http_request_fuzzer $(FUZZ_SECONDS) fuzz/corpus-run
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -10,12 +10,16 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <map>
+#include <set>
 #include <thread>
 
+#include "agent/executor.h"
 #include "agent/gpu_probe.h"
 #include "http/client.h"
 #include "util/json_util.h"
 #include "util/log.h"
+#include "util/time.h"
 
 namespace aicloud {
 namespace fs = std::filesystem;
@@ -78,12 +82,107 @@ std::string error_message(const http::ClientResponse& r) {
   }
 }
 
+std::string self_exe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? "aicloud" : p.string();
+}
+
+constexpr int64_t kSyncMs = 500;  // how often the agent asks for its assignments
+
+// Reconciles this node's workloads with the server's assignments: starts what should run,
+// stops what should not, and reports phases, exit codes and new log output.
+struct WorkloadSync {
+  http::Client& client;
+  const std::vector<std::pair<std::string, std::string>>& auth;
+  Executor& executor;
+  std::string run_as;
+  std::map<std::string, std::string> reported;  // assignment id -> phase reported
+  std::map<std::string, int64_t> log_sent;      // assignment id -> log bytes shipped
+
+  void once() {
+    executor.tick();
+    auto r = client.request("GET", "/agent/v1/assignments", "", auth);
+    if (r.status != 200) {
+      spdlog::warn("assignments: {}", error_message(r));
+      return;
+    }
+    json list = json::parse(r.body)["data"];
+    std::set<std::string> wanted;
+    for (const auto& a : list) {
+      std::string id = a["id"];
+      wanted.insert(id);
+      ProcessState st = executor.state(id);
+      if (a.value("desired", "run") == "hold") continue;  // placed, waiting for preempted work to leave
+      if (a.value("desired", "run") == "stop") {
+        if (st.phase == ProcessState::kRunning) executor.stop(id, a.value("grace_ms", int64_t(30000)));
+        if (st.phase == ProcessState::kUnknown) report(id, "exited", 128 + SIGTERM);  // stopped before it started
+        continue;
+      }
+      if (st.phase == ProcessState::kUnknown) {
+        SandboxSpec spec;
+        spec.id = id;
+        spec.argv = a["command"].get<std::vector<std::string>>();
+        spec.env = a["env"].get<std::map<std::string, std::string>>();
+        spec.gpus = a["gpus"].get<std::vector<int>>();
+        spec.memory_bytes = a.value("memory_bytes", int64_t(0));
+        spec.run_as = run_as;
+        std::string err;
+        if (!executor.start(spec, &err)) {
+          spdlog::error("cannot start {}: {}", id, err);
+          report(id, "exited", 126);
+          continue;
+        }
+        spdlog::info("started {} (rank {} of {})", id, a.value("rank", 0), a.value("world_size", 1));
+      }
+    }
+    // Report what runs and what ended; stop what the server no longer wants (no orphans).
+    for (const auto& id : executor.known()) {
+      ProcessState st = executor.state(id);
+      if (!wanted.count(id)) {
+        if (st.phase == ProcessState::kRunning) {
+          executor.stop(id, 10000);
+        } else {
+          executor.forget(id);
+          reported.erase(id);
+          log_sent.erase(id);
+        }
+        continue;
+      }
+      if (st.phase == ProcessState::kRunning) report(id, "running", -1);
+      if (st.phase == ProcessState::kExited) report(id, "exited", st.exit_code);
+    }
+  }
+
+  void report(const std::string& id, const std::string& phase, int exit_code) {
+    int64_t total = 0;
+    std::string chunk = executor.read_log(id, log_sent[id], 256 * 1024, &total);
+    if (reported[id] == phase && chunk.empty()) return;
+    json body = {{"phase", phase}};
+    if (phase == "exited") body["exit_code"] = exit_code;
+    if (!chunk.empty()) {
+      body["log"] = chunk;  // dump_json replaces invalid UTF-8
+      body["log_total"] = log_sent[id] + int64_t(chunk.size());
+    }
+    auto r = client.request("POST", "/agent/v1/assignments/" + id + "/status", dump_json(body), auth);
+    if (r.status == 200) {
+      reported[id] = phase;
+      log_sent[id] += int64_t(chunk.size());
+      if (phase == "exited") spdlog::info("{} exited with {}", id, exit_code);
+    } else {
+      spdlog::warn("report {}: {}", id, error_message(r));
+    }
+  }
+};
+
 }  // namespace
 
 int agent_command(int argc, char** argv) {
   CLI::App cli{"Run the node agent: join the cloud and keep this node's lease", "aicloud agent"};
   std::string server, join_token, work_dir, name, region, zone, gpus_spec, domain, log_level = "info";
   std::vector<std::string> labels;
+  std::string run_as = geteuid() == 0 ? "nobody" : "";
+  std::string address;
   cli.add_option("--server", server, "the server's URL, e.g. http://10.0.0.1:8080")->required();
   cli.add_option("--join-token", join_token, "a join token from the operator (needed only to join)");
   cli.add_option("--work-dir", work_dir, "where the agent keeps its credential and workloads")->required();
@@ -93,6 +192,9 @@ int agent_command(int argc, char** argv) {
   cli.add_option("--gpus", gpus_spec, "declare GPUs, e.g. 8xH100-80GB, when NVML is absent or for tests");
   cli.add_option("--nvlink-domain", domain, "the NVLink domain (e.g. the NVL72 rack) this node is in");
   cli.add_option("--label", labels, "a label key=value (repeatable)");
+  cli.add_option("--address", address, "the address other nodes reach this one at (default: the node name)");
+  cli.add_option("--run-as", run_as, "run workloads as this user (default when root: nobody; \"\" = the agent's user)")
+      ->capture_default_str();
   cli.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   try {
     cli.parse(argc, argv);
@@ -105,7 +207,8 @@ int agent_command(int argc, char** argv) {
 
   try {
     fs::create_directories(work_dir);
-    ::chmod(work_dir.c_str(), 0700);
+    // Traversable but not listable: workloads run as another user and must reach their own dirs.
+    ::chmod(work_dir.c_str(), 0711);
     fs::path cred_file = fs::path(work_dir) / "node.json";
     http::Client client(server, std::chrono::seconds(10));
 
@@ -134,6 +237,7 @@ int agent_command(int argc, char** argv) {
       json body = {{"join_token", join_token}, {"name", name}, {"cpu_cores", int64_t(std::thread::hardware_concurrency())},
                    {"memory_bytes", memory_bytes()}, {"agent_version", "0.1.0"}};
       if (!region.empty()) body["region"] = region;
+      body["address"] = address.empty() ? name : address;
       if (!zone.empty()) body["zone"] = zone;
       if (!domain.empty()) body["nvlink_domain"] = domain;
       json gj = json::array();
@@ -175,28 +279,35 @@ int agent_command(int argc, char** argv) {
     std::vector<std::pair<std::string, std::string>> auth = {{"authorization", "Bearer " + cred->node_key},
                                                              {"content-type", "application/json"}};
     int64_t interval = 5000, backoff = 500;
+    int64_t next_beat = 0;
     std::string last_state;
+    Executor executor((fs::path(work_dir) / "workloads").string(), self_exe());
+    WorkloadSync sync{client, auth, executor, run_as, {}, {}};
     while (!g_stop) {
       try {
-        auto r = client.request("POST", "/agent/v1/heartbeat", "{}", auth);
-        if (r.status == 401 || r.status == 404) {
-          std::cerr << "error: the server no longer accepts this node's credential (" << error_message(r)
-                    << "); remove " << cred_file.string() << " and join again\n";
-          return 1;
+        if (now_ms() >= next_beat) {
+          auto r = client.request("POST", "/agent/v1/heartbeat", "{}", auth);
+          if (r.status == 401 || r.status == 404) {
+            std::cerr << "error: the server no longer accepts this node's credential (" << error_message(r)
+                      << "); remove " << cred_file.string() << " and join again\n";
+            return 1;
+          }
+          if (r.status != 200) {
+            spdlog::warn("heartbeat: {}", error_message(r));
+          } else {
+            json j = json::parse(r.body);
+            interval = std::clamp<int64_t>(j.value("heartbeat_interval_ms", int64_t(5000)), 100, 60'000);
+            std::string state = j.value("state", "");
+            if (state != last_state) spdlog::info("node {} is {}", cred->node_id, state);
+            last_state = state;
+          }
+          next_beat = now_ms() + interval;
         }
-        if (r.status != 200) {
-          spdlog::warn("heartbeat: {}", error_message(r));
-        } else {
-          json j = json::parse(r.body);
-          interval = std::clamp<int64_t>(j.value("heartbeat_interval_ms", int64_t(5000)), 200, 60'000);
-          std::string state = j.value("state", "");
-          if (state != last_state) spdlog::info("node {} is {}", cred->node_id, state);
-          last_state = state;
-        }
+        sync.once();
         backoff = 500;
-        sleep_interruptible(interval);
+        sleep_interruptible(std::min<int64_t>(interval, kSyncMs));
       } catch (const http::ConnectionError& e) {
-        spdlog::warn("heartbeat: {}; retrying in {} ms", e.what(), backoff);
+        spdlog::warn("server unreachable: {}; retrying in {} ms (workloads keep running)", e.what(), backoff);
         sleep_interruptible(backoff);
         backoff = std::min<int64_t>(backoff * 2, 30'000);
       }

@@ -63,6 +63,7 @@ bool group_alive(pid_t pgid) { return pgid > 0 && ::kill(-pgid, 0) == 0; }
 
 Executor::Executor(std::string root, std::string self_exe) : root_(std::move(root)), self_(std::move(self_exe)) {
   fs::create_directories(root_);
+  ::chmod(root_.c_str(), 0711);  // workloads run as another user: they traverse, never list
 }
 
 bool Executor::start(const SandboxSpec& in, std::string* error) {
@@ -82,6 +83,8 @@ bool Executor::start(const SandboxSpec& in, std::string* error) {
     *error = "cannot create " + d.string() + ": " + ec.message();
     return false;
   }
+  ::chmod(d.c_str(), 0711);
+  ::chmod((d / "logs").c_str(), 0700);
   write_atomic(d / "spec.json", spec_to_json(spec).dump(2));
   std::string exe = self_, sub = "agent-exec", arg = d.string();
   pid_t pid = fork();
@@ -186,19 +189,29 @@ namespace {
 
 class RotatingLog {
  public:
-  RotatingLog(fs::path path, int64_t cap) : path_(std::move(path)), cap_(cap) { open(); }
+  RotatingLog(fs::path path, int64_t cap) : path_(std::move(path)), cap_(std::max<int64_t>(cap, 4096)) { open(); }
+  // A file never grows past the cap, however large one read from the pipe was: the chunk is
+  // split at the boundary, so what is kept is always at most two caps.
   void write(const char* p, size_t n) {
-    if (size_ + int64_t(n) > cap_) {
-      ::close(fd_);
-      std::error_code ec;
-      fs::rename(path_, path_.string() + ".1", ec);
-      open();
+    while (n > 0) {
+      if (size_ >= cap_) rotate();
+      size_t room = size_t(cap_ - size_);
+      size_t part = std::min(n, room);
+      ssize_t w = ::write(fd_, p, part);
+      if (w <= 0) return;  // a full disk drops output rather than stopping the workload
+      size_ += w;
+      p += w;
+      n -= size_t(w);
     }
-    ssize_t w = ::write(fd_, p, n);
-    if (w > 0) size_ += w;
   }
 
  private:
+  void rotate() {
+    ::close(fd_);
+    std::error_code ec;
+    fs::rename(path_, path_.string() + ".1", ec);
+    open();
+  }
   void open() {
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0640);
     struct stat st{};

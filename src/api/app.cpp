@@ -70,6 +70,15 @@ static std::string_view bearer_token(const http::Request& req) {
   return {};
 }
 
+// "application/json", in any case, with or without parameters ("; charset=utf-8").
+static bool is_json_media_type(std::string_view v) {
+  std::string_view type = v.substr(0, v.find(';'));
+  while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) type.remove_suffix(1);
+  while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) type.remove_prefix(1);
+  constexpr std::string_view kJson = "application/json";
+  return type.size() == kJson.size() && strncasecmp(type.data(), kJson.data(), kJson.size()) == 0;
+}
+
 http::Response App::handle(http::Request& req, const std::string& remote_addr) {
   int64_t t0 = now_us_monotonic();
   std::string request_id = request_id_for(req);
@@ -132,19 +141,23 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
         throw forbidden("Node credentials can only use the agent API (/agent/v1).", "agent_only");
       }
       if (spec.access == Access::kOrg) c.org_id();  // 400 if no organization is chosen
+      if (spec.access == Access::kProject) resolve_project(c);
+    }
+
+    // JSON only: a body of another type is refused rather than guessed at, on every route that
+    // reads one (login and sign-up too: a browser form may post text/plain cross-site without a
+    // preflight, so accepting it would let any web page log a visitor in).
+    if ((spec.mutation || spec.method == "POST") && !c.req.body().empty()) {
+      auto ct = c.req.find(bhttp::field::content_type);
+      std::string_view v = ct == c.req.end() ? std::string_view() : ct->value();
+      if (!is_json_media_type(v)) {
+        throw ApiError(415, "invalid_request_error",
+                       "Unsupported Content-Type '" + std::string(v) + "': send the body as application/json.",
+                       "unsupported_media_type");
+      }
     }
 
     if (spec.mutation) {
-      // JSON only: a body of another type is refused rather than guessed at.
-      if (!c.req.body().empty()) {
-        auto ct = c.req.find(bhttp::field::content_type);
-        std::string_view v = ct == c.req.end() ? std::string_view() : ct->value();
-        if (!v.starts_with("application/json")) {
-          throw ApiError(415, "invalid_request_error",
-                         "Unsupported Content-Type '" + std::string(v) + "': send the body as application/json.",
-                         "unsupported_media_type");
-        }
-      }
       c.body = parse_json_body(c.req.body());
 
       auto idem_hdr = c.req.find("idempotency-key");
@@ -213,6 +226,31 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
                                         c.request_id + ")."));
   }
   return res;
+}
+
+// A project key acts in its own project. An organization's member (user, admin key, operator
+// naming the org) may act in one of its projects by naming it in the OpenAI-Project header.
+void App::resolve_project(Context& c) {
+  Principal& p = *c.principal;
+  if (p.type == PrincipalType::kProjectKey) return;
+  auto hdr = c.req.find("openai-project");
+  if (hdr == c.req.end() || hdr->value().empty()) {
+    throw forbidden("This endpoint acts in a project: use a project API key (sk-proj-...), or name the project in "
+                    "the OpenAI-Project header.",
+                    "project_required");
+  }
+  std::string project_id(hdr->value());
+  const std::string& org = c.org_id();
+  auto proj = store_.read([&](Tx& tx) { return tx.get("project", project_id); });
+  if (!proj || proj->org_id != org) throw not_found("project", project_id);
+  if (proj->data.value("status", "active") != "active") {
+    throw forbidden("Project '" + project_id + "' is archived.", "project_archived");
+  }
+  if (!role_allows(p.role, Perm::kKeysWrite)) {
+    throw forbidden("Your role in this organization (" + std::string(role_name(p.role)) +
+                    ") cannot use project resources.");
+  }
+  p.project_id = project_id;
 }
 
 void App::audit_failure(Context& c, const RouteSpec& spec, int status) {

@@ -50,6 +50,7 @@ class App : public http::Handler {
  private:
   http::Response run(Context& c, const RouteSpec& spec);
   void audit_failure(Context& c, const RouteSpec& spec, int status);
+  void resolve_project(Context& c);
 
   Store& store_;
   AuthService auth_;
@@ -66,6 +67,7 @@ void add_admin_routes(App& app);
 void add_org_routes(App& app);
 class NodeLeases;
 void add_capacity_routes(App& app, NodeLeases& leases);
+void add_compute_routes(App& app, NodeLeases& leases);
 
 // The settings object, created with defaults on first read.
 json read_settings(Tx& tx);

@@ -287,6 +287,7 @@ void add_capacity_routes(App& app, NodeLeases& leases) {
              int64_t cpus = b.opt_int("cpu_cores", 1, 1'000'000).value_or(1);
              int64_t mem = b.opt_int("memory_bytes", 0, int64_t(1) << 60).value_or(0);
              std::string version = b.opt_str("agent_version", 0, 64).value_or("");
+             std::string address = b.opt_str("address", 0, 255).value_or("");
              const json* gpus_in = b.opt_array("gpus");  // [{index, model, memory_mb, uuid}]
              const json* labels_in = b.opt_object("labels");
              b.done();
@@ -352,7 +353,8 @@ void add_capacity_routes(App& app, NodeLeases& leases) {
                           {"cpu_cores", cpus}, {"memory_bytes", mem}, {"gpus", gpus},
                           {"gpu_type", gpu_type.empty() ? json(nullptr) : json(gpu_type)},
                           {"labels", labels}, {"taints", json::array()}, {"admin_state", "schedulable"},
-                          {"agent_version", version}, {"join_token_id", jt->id}};
+                          {"agent_version", version}, {"join_token_id", jt->id},
+                          {"address", address.empty() ? name : address}};
              try {
                c.tx->insert(node);
              } catch (const StoreConflict&) {

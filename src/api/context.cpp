@@ -57,7 +57,7 @@ json list_json(const Page& p, const std::function<json(const Object&)>& to_json)
   json data = json::array();
   for (const auto& o : p.items) data.push_back(to_json(o));
   return {{"object", "list"},
-          {"data", data},
+          {"data", std::move(data)},  // moved: a copy here was a deep copy of the whole page
           {"first_id", p.items.empty() ? json(nullptr) : json(p.items.front().id)},
           {"last_id", p.items.empty() ? json(nullptr) : json(p.items.back().id)},
           {"has_more", p.has_more}};

@@ -23,6 +23,7 @@ enum class Access {
   kOperator,  // the operator's root key only
   kOrg,       // a credential acting in an organization (users, admin keys, operator naming one)
   kNode,      // a node agent's credential only
+  kProject,   // a project key, or an organization member naming a project in OpenAI-Project
 };
 
 struct Context {

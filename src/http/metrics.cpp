@@ -53,6 +53,13 @@ std::string Metrics::render(int64_t open_connections) const {
     o << "aicloud_http_request_duration_seconds_sum{" << labels << "} " << double(r.sum_us.load()) / 1e6 << "\n";
     o << "aicloud_http_request_duration_seconds_count{" << labels << "} " << count << "\n";
   }
+  // Every route the server serves, requested or not: dashboards can list them, and the security
+  // tests check that each one is covered by their table.
+  o << "# HELP aicloud_http_route_info The routes this server serves.\n"
+    << "# TYPE aicloud_http_route_info gauge\n";
+  for (size_t i = 0; i + 1 < names_.size(); ++i) {
+    o << "aicloud_http_route_info{route=\"" << names_[i] << "\",method=\"" << methods_[i] << "\"} 1\n";
+  }
   o << "# HELP aicloud_http_open_connections Client connections open now.\n"
     << "# TYPE aicloud_http_open_connections gauge\n"
     << "aicloud_http_open_connections " << open_connections << "\n";

@@ -1,5 +1,7 @@
 #include "http/router.h"
 
+#include <algorithm>
+
 namespace aicloud::http {
 
 static std::vector<std::string_view> split_path(std::string_view p) {
@@ -22,27 +24,47 @@ int Router::add(std::string method, std::string pattern) {
   return int(routes_.size() - 1);
 }
 
+static bool is_placeholder(const std::string& s) { return s.size() > 1 && s.front() == '{'; }
+
+// Of two routes that match the same path, the one with a literal segment where the other has a
+// placeholder first (left to right) wins, whichever was added first: POST /v1/threads/runs
+// beside POST /v1/threads/{thread_id}.
+static bool more_specific(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  for (size_t k = 0; k < a.size() && k < b.size(); ++k) {
+    bool pa = is_placeholder(a[k]), pb = is_placeholder(b[k]);
+    if (pa != pb) return !pa;
+  }
+  return false;
+}
+
 RouteMatch Router::match(std::string_view method, std::string_view path) const {
   RouteMatch m;
   auto segs = split_path(path);
+  std::vector<std::string_view> allowed;
   for (size_t i = 0; i < routes_.size(); ++i) {
     const Route& r = routes_[i];
     if (r.segments.size() != segs.size()) continue;
     bool ok = true;
     for (size_t k = 0; k < segs.size() && ok; ++k) {
       const auto& s = r.segments[k];
-      if (!(s.size() > 1 && s.front() == '{')) ok = s == segs[k];
+      if (!is_placeholder(s)) ok = s == segs[k];
     }
     if (!ok) continue;
     m.path_known = true;
-    if (!m.allow.empty()) m.allow += ", ";
-    m.allow += r.method;
-    if (m.route < 0 && r.method == method) {
+    if (std::find(allowed.begin(), allowed.end(), r.method) == allowed.end()) {
+      allowed.push_back(r.method);
+      if (!m.allow.empty()) m.allow += ", ";
+      m.allow += r.method;
+    }
+    if (r.method == method && (m.route < 0 || more_specific(r.segments, routes_[size_t(m.route)].segments))) {
       m.route = int(i);
-      for (size_t k = 0; k < segs.size(); ++k) {
-        const auto& s = r.segments[k];
-        if (s.size() > 1 && s.front() == '{') m.params.emplace_back(s.substr(1, s.size() - 2), segs[k]);
-      }
+    }
+  }
+  if (m.route >= 0) {
+    const Route& r = routes_[size_t(m.route)];
+    for (size_t k = 0; k < segs.size(); ++k) {
+      const auto& s = r.segments[k];
+      if (is_placeholder(s)) m.params.emplace_back(s.substr(1, s.size() - 2), segs[k]);
     }
   }
   return m;

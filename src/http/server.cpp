@@ -40,9 +40,17 @@ struct Server::Impl {
   void drain();
 };
 
+// The read buffer holds what the parser has not consumed yet: a header (at most header_limit),
+// a chunk-size line or the trailer of a chunked body, and what one read brought beyond them
+// (pipelined requests). Body bytes go to the request as they are parsed, never accumulate here.
+// Bounded, so that an endless chunk extension or trailer (which neither the header nor the body
+// limit counts) is a 400 rather than memory growing as fast as a client can send.
+constexpr size_t kReadAhead = 64 * 1024;
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket sock, Server::Impl& srv) : stream_(std::move(sock)), srv_(srv) {
+  Session(tcp::socket sock, Server::Impl& srv)
+      : stream_(std::move(sock)), srv_(srv), buffer_(srv.opts.header_limit + kReadAhead) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -63,10 +71,13 @@ class Session : public std::enable_shared_from_this<Session> {
     asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_request(); });
   }
 
-  // Called by stop(): an idle connection closes now, a busy one after its response.
+  // Called by stop(): an idle connection closes now, a busy one after its response. Idle means
+  // waiting for a request's first byte with none arrived: a request that is partly received, or
+  // whose bytes wait in the socket unread, is in flight and is served.
   void shutdown_if_idle() {
     asio::post(stream_.get_executor(), [self = shared_from_this()] {
-      if (!self->busy_) self->close();
+      beast::error_code ec;
+      if (!self->busy_ && self->buffer_.size() == 0 && self->stream_.socket().available(ec) == 0) self->close();
     });
   }
 
@@ -76,12 +87,16 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_.emplace();
     parser_->body_limit(srv_.opts.body_limit);
     parser_->header_limit(static_cast<std::uint32_t>(srv_.opts.header_limit));
-    if (buffer_.size() > 0) return read_header();
+    if (buffer_.size() > 0) {
+      busy_ = true;  // a pipelined request has begun
+      return read_header();
+    }
     // Wait for the first byte under the (long) idle timeout; the header then has a short one.
     stream_.expires_after(srv_.opts.idle_timeout);
     stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
       if (ec) return self->close();
       self->buffer_.commit(n);
+      self->busy_ = true;  // from a request's first byte to its response, stop() waits for it
       self->read_header();
     });
   }
@@ -107,6 +122,10 @@ class Session : public std::enable_shared_from_this<Session> {
       return reply_error(431, "Request header fields too large: the limit is " +
                                   std::to_string(srv_.opts.header_limit) + " bytes.");
     }
+    if (ec == bhttp::error::buffer_overflow) {
+      return reply_error(400, "Malformed HTTP request: a chunk header or trailer is longer than " +
+                                  std::to_string(srv_.opts.header_limit + kReadAhead) + " bytes.");
+    }
     if (ec == beast::error::timeout || ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
         ec == asio::error::operation_aborted || ec == asio::error::connection_reset) {
       return close();
@@ -125,7 +144,6 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void on_request() {
-    busy_ = true;
     Request req = parser_->release();
     Response r;
     try {

@@ -21,9 +21,16 @@ std::string_view principal_type_name(PrincipalType t) {
 std::string make_secret(const TokenKind& k) { return std::string(k.prefix) + random_base62(48); }
 
 std::string redact_secret(std::string_view s) {
-  size_t dash = s.rfind('-');
-  size_t head = dash == std::string_view::npos ? 0 : dash + 1;
-  if (s.size() < head + 8) return std::string(s.substr(0, head)) + "***";
+  // Only a known prefix is shown whole: what a client sent as a token (echoed in a 401) may
+  // have a dash anywhere, and everything before it is not necessarily public. Of the rest,
+  // 3 leading and 4 trailing characters, and only when it is as long as a real token's random
+  // part, so that those 7 never give most of a short secret away.
+  size_t head = 0;
+  for (std::string_view prefix : {kOperatorToken.prefix, kAdminToken.prefix, kProjectToken.prefix,
+                                  kSessionToken.prefix, kNodeToken.prefix, std::string_view("ajt-") /* join */}) {
+    if (s.starts_with(prefix)) head = prefix.size();
+  }
+  if (s.size() < head + 24) return std::string(s.substr(0, head)) + "***";
   return std::string(s.substr(0, head + 3)) + "..." + std::string(s.substr(s.size() - 4));
 }
 

@@ -11,6 +11,7 @@
 
 #include "api/app.h"
 #include "capacity/leases.h"
+#include "workloads/controller.h"
 #include "identity/crypto.h"
 #include "util/log.h"
 
@@ -85,6 +86,8 @@ int server_command(int argc, char** argv) {
   int threads = 0;
   size_t body_limit = 16 * 1024 * 1024;
   int64_t heartbeat_ms = 5000;
+  int64_t preemption_notice_ms = 30000;
+  int64_t header_timeout_ms = 10'000, idle_timeout_ms = 60'000;
   cli.add_option("--listen", listen, "address:port to serve on (port 0 picks a free one)")->capture_default_str();
   auto* dd = cli.add_option("--data-dir", data_dir, "where the database and the operator key live");
   if (up) dd->capture_default_str(); else dd->required();
@@ -98,7 +101,17 @@ int server_command(int argc, char** argv) {
   cli.add_option("--heartbeat-interval-ms", heartbeat_ms, "how often agents beat; 3 missed beats = not-ready")
       ->check(CLI::Range(int64_t(100), int64_t(600'000)))
       ->capture_default_str();
+  cli.add_option("--preemption-notice-ms", preemption_notice_ms, "how long preempted spot work has after SIGTERM")
+      ->check(CLI::Range(int64_t(0), int64_t(3'600'000)))
+      ->capture_default_str();
   cli.add_option("--max-body-bytes", body_limit, "request body limit; larger bodies get 413")->capture_default_str();
+  cli.add_option("--header-timeout-ms", header_timeout_ms,
+                 "a request's headers must arrive within this long of its first byte (slow clients are cut off)")
+      ->check(CLI::Range(int64_t(10), int64_t(3'600'000)))
+      ->capture_default_str();
+  cli.add_option("--idle-timeout-ms", idle_timeout_ms, "a keep-alive connection with no request is closed after this long")
+      ->check(CLI::Range(int64_t(10), int64_t(3'600'000)))
+      ->capture_default_str();
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -123,6 +136,8 @@ int server_command(int argc, char** argv) {
   }
   so.threads = threads;
   so.body_limit = body_limit;
+  so.header_timeout = std::chrono::milliseconds(header_timeout_ms);
+  so.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
 
   init_logging(log_level);
   try {
@@ -138,6 +153,7 @@ int server_command(int argc, char** argv) {
     add_org_routes(app);
     NodeLeases leases(heartbeat_ms);
     add_capacity_routes(app, leases);
+    add_compute_routes(app, leases);
     app.finalize();
 
     http::Server server(so, app);
@@ -148,6 +164,10 @@ int server_command(int argc, char** argv) {
       std::ofstream f(fs::path(data_dir) / "server.url", std::ios::trunc);
       f << url << "\n";
     }
+    ControllerOptions co;
+    co.preemption_notice_ms = preemption_notice_ms;
+    SchedulerController controller(*store, leases, co);
+    controller.start();
     boost::asio::steady_timer flush_timer(server.io());
     schedule_flush(flush_timer, app.auth());
 
@@ -165,6 +185,7 @@ int server_command(int argc, char** argv) {
     std::cout << std::flush;
     spdlog::info("listening on {}", url);
     server.run();
+    controller.stop();
     flush_timer.cancel();
     app.auth().flush_last_used();
     spdlog::info("stopped");

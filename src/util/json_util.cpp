@@ -1,19 +1,50 @@
 #include "util/json_util.h"
 
+#include <algorithm>
+
 #include "util/error.h"
 
 namespace aicloud {
 
+// The deepest nesting of arrays and objects that a valid body reaches (exact for valid JSON;
+// for invalid JSON the parser reports the error). nlohmann parses iteratively, but copying,
+// comparing and dumping a value recurse once per level: a body of a few MB of '[' would
+// overflow the stack of the thread that copies it.
+static size_t nesting_depth(std::string_view s) {
+  size_t depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 json parse_json_body(std::string_view body) {
   if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return json::object();
+  if (nesting_depth(body) > kMaxJsonDepth) {
+    throw bad_request("The JSON body of your request is nested too deeply: at most " + std::to_string(kMaxJsonDepth) +
+                          " levels of arrays and objects.",
+                      "invalid_json");
+  }
   try {
     return json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     // nlohmann's message names the byte position and what it found (including invalid UTF-8).
+    // Not only parse_error: a number too large for a double ("1e400") is an out_of_range.
     std::string msg = e.what();
-    auto pos = msg.find("parse error");
+    auto pos = msg.find("] ");
     throw bad_request("We could not parse the JSON body of your request: " +
-                          (pos == std::string::npos ? msg : msg.substr(pos)),
+                          (pos == std::string::npos ? msg : msg.substr(pos + 2)),
                       "invalid_json");
   }
 }

@@ -13,7 +13,9 @@ namespace aicloud {
 
 using json = nlohmann::json;
 
-// Parses a body; malformed JSON or invalid UTF-8 is a 400. An empty body is {}.
+// Parses a body; malformed JSON, invalid UTF-8, a number out of range or nesting deeper than
+// kMaxJsonDepth is a 400. An empty body is {}.
+inline constexpr size_t kMaxJsonDepth = 128;
 json parse_json_body(std::string_view body);
 
 // Serialises for the wire; invalid UTF-8 in stored data is replaced, never thrown.

@@ -21,6 +21,17 @@ std::string aicloud_binary() {
   return AICLOUD_TEST_BINARY;  // set by tests/CMakeLists.txt
 }
 
+std::string source_dir() {
+  if (const char* d = std::getenv("AICLOUD_SOURCE_DIR")) return d;
+  std::ifstream cache(fs::path(aicloud_binary()).parent_path() / "CMakeCache.txt");
+  std::string line;
+  const std::string key = "CMAKE_HOME_DIRECTORY:INTERNAL=";
+  while (std::getline(cache, line)) {
+    if (line.rfind(key, 0) == 0) return line.substr(key.size());
+  }
+  return "";
+}
+
 TempDir::TempDir() {
   std::string tmpl = (fs::temp_directory_path() / "aicloud-test-XXXXXX").string();
   if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
@@ -118,6 +129,24 @@ void ServerProcess::kill9() {
   int st;
   waitpid(pid_, &st, 0);
   pid_ = -1;
+}
+
+void ServerProcess::signal(int sig) {
+  if (pid_ > 0) ::kill(pid_, sig);
+}
+
+std::optional<int> ServerProcess::wait_exit(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return std::nullopt;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    int st = 0;
+    if (waitpid(pid_, &st, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 std::string ServerProcess::log() const { return read_file(fs::path(dir_.path()) / "server.log"); }

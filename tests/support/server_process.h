@@ -3,8 +3,10 @@
 #pragma once
 #include <sys/types.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,11 @@ namespace aicloud::test {
 
 // The binary under test: $AICLOUD_BIN, else build/aicloud next to the test binary.
 std::string aicloud_binary();
+
+// The source tree (for tests that check the code itself, e.g. that every route is covered):
+// $AICLOUD_SOURCE_DIR, else CMAKE_HOME_DIRECTORY from the CMakeCache.txt next to the binary under
+// test. "" if neither is found.
+std::string source_dir();
 
 // A fresh temporary directory, removed at destruction unless AICLOUD_KEEP_TMP is set.
 class TempDir {
@@ -36,6 +43,10 @@ class ServerProcess {
   void start();               // waits until /healthz answers (throws after 15 s)
   int stop_graceful();        // SIGTERM; returns the exit status
   void kill9();               // SIGKILL, no cleanup
+  void signal(int sig);       // sends sig and returns at once (e.g. SIGTERM while requests are in flight)
+  // Waits up to timeout for the process to exit; its exit status (as stop_graceful), or nullopt
+  // if it is still running.
+  std::optional<int> wait_exit(std::chrono::milliseconds timeout);
   bool running() const { return pid_ > 0; }
 
   const std::string& url() const { return url_; }

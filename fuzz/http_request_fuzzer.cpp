@@ -1,0 +1,265 @@
+// libFuzzer target: the bytes a client sends, through everything aicloud does with them before
+// a handler runs. The input is what arrives on one keep-alive connection: up to 8 pipelined
+// requests, each parsed the way src/http/server.cpp parses it (a Beast request_parser with the
+// server's header and body limits, fed from a growing buffer), then
+//
+//   parse_target -> Router::match (the real route table) -> parse_json_body -> BodyReader
+//
+// as src/api/app.cpp and the route handlers use them. Sanitizers (address, undefined, leak)
+// catch memory errors; the checks below catch broken contracts:
+//   - parse_json_body and BodyReader fail only with ApiError (anything else is a 500);
+//   - an accepted target has a path that starts with '/' and holds no NUL;
+//   - a matched route has the request's method and one non-empty, slash-free value per {param};
+//   - feeding the same bytes in small pieces reads the same request as feeding them at once.
+//
+// Built by fuzz/CMakeLists.txt with clang++ -fsanitize=fuzzer,address,undefined; see fuzz/README.md.
+#include <boost/beast/core/buffers_prefix.hpp>
+#include <boost/beast/http.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "http/router.h"
+#include "http/server.h"  // ServerOptions: the server's default limits
+#include "util/error.h"
+#include "util/json_util.h"
+
+// Boost's assertions stay on (BOOST_ENABLE_ASSERT_HANDLER, set by fuzz/CMakeLists.txt) and
+// abort, except one that is known to be wrong: Beast before Boost 1.86 asserts that a chunked
+// body's last chunk is resumed with at least 5 bytes buffered, while "0\r\n" then "\r" is a
+// legal way for it to arrive (boostorg/beast#2861). Release builds (NDEBUG) do not assert, and
+// the code after it handles the case.
+namespace boost {
+void assertion_failed(char const* expr, char const* function, char const* file, long line) {
+  if (std::string_view(expr) == "n >= 5" && std::string_view(file).ends_with("http/impl/basic_parser.ipp")) return;
+  std::fprintf(stderr, "%s:%ld: %s: Assertion '%s' failed.\n", file, line, function, expr);
+  std::abort();
+}
+void assertion_failed_msg(char const* expr, char const* msg, char const* function, char const* file, long line) {
+  std::fprintf(stderr, "%s:%ld: %s: Assertion '%s' failed: %s\n", file, line, function, expr, msg);
+  std::abort();
+}
+}  // namespace boost
+
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using aicloud::ApiError;
+using aicloud::json;
+
+#define FUZZ_CHECK(cond)                                                             \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      std::fprintf(stderr, "fuzz check failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                  \
+    }                                                                                \
+  } while (0)
+
+struct RouteDef {
+  const char* method;
+  const char* pattern;
+};
+// The route table of src/api/*_routes.cpp, extracted by fuzz/CMakeLists.txt at configure time.
+constexpr RouteDef kRoutes[] = {
+#include "routes.inc"
+};
+
+const aicloud::http::Router& router() {
+  static const aicloud::http::Router r = [] {
+    aicloud::http::Router x;
+    for (const auto& d : kRoutes) x.add(d.method, d.pattern);
+    return x;
+  }();
+  return r;
+}
+
+const aicloud::http::ServerOptions& limits() {
+  static const aicloud::http::ServerOptions o;
+  return o;
+}
+
+using Parser = bhttp::request_parser<bhttp::string_body>;
+
+void set_limits(Parser& p) {
+  p.header_limit(static_cast<std::uint32_t>(limits().header_limit));
+  p.body_limit(limits().body_limit);
+}
+
+// What a parse produced, for comparing two ways of feeding the same bytes.
+struct Outcome {
+  beast::error_code ec;    // the first error (none when a request was read)
+  size_t consumed = 0;     // bytes of the input the request took
+  std::string method, target, body;
+  unsigned version = 0;
+  bool keep_alive = false;
+  // Both read the same request, or both fail. Which error a failure reports may differ: whole,
+  // a malformed request line is seen at once ("bad version"); in pieces Beast first waits for
+  // the end of the header, and a header that never ends is a "partial message".
+  bool same_as(const Outcome& b) const {
+    if (ec || b.ec) return bool(ec) == bool(b.ec);
+    return consumed == b.consumed && method == b.method && target == b.target && body == b.body &&
+           version == b.version && keep_alive == b.keep_alive;
+  }
+};
+
+// Parses one request from data[0, n) the way the server does: put() on everything buffered so
+// far; when the parser needs more, `step` more bytes arrive (all of them when step is 0); at the
+// end of the input the peer closes (put_eof).
+Outcome parse_one(Parser& p, const char* data, size_t n, size_t step) {
+  Outcome o;
+  size_t avail = step == 0 ? n : std::min(n, step);
+  size_t used = 0;
+  while (!p.is_done()) {
+    beast::error_code ec;
+    size_t k = p.put(boost::asio::buffer(data + used, avail - used), ec);
+    used += k;
+    if (ec && ec != bhttp::error::need_more) {
+      o.ec = ec;
+      break;
+    }
+    if (p.is_done()) break;
+    if (ec == bhttp::error::need_more || k == 0) {
+      if (avail < n) {
+        avail = step == 0 ? n : std::min(n, avail + step);
+        continue;
+      }
+      p.put_eof(ec);  // no more bytes: the client closed
+      if (ec) o.ec = ec;
+      else if (!p.is_done()) o.ec = bhttp::error::partial_message;
+      break;
+    }
+  }
+  o.consumed = used;
+  if (!o.ec) {
+    const auto& m = p.get();
+    o.method = std::string(m.method_string());
+    o.target = std::string(m.target());
+    o.body = m.body();
+    o.version = m.version();
+    o.keep_alive = m.keep_alive();
+  }
+  return o;
+}
+
+void check_route(std::string_view method, const aicloud::http::Target& t) {
+  const auto& r = router();
+  aicloud::http::RouteMatch m = r.match(method, t.path);
+  if (m.route >= 0) {
+    FUZZ_CHECK(m.path_known);
+    FUZZ_CHECK(r.method(m.route) == method);
+    size_t placeholders = 0;
+    for (char c : r.pattern(m.route)) placeholders += c == '{';
+    FUZZ_CHECK(m.params.size() == placeholders);
+    for (const auto& [k, v] : m.params) {
+      FUZZ_CHECK(!k.empty() && !v.empty());
+      FUZZ_CHECK(v.find('/') == std::string::npos);
+      FUZZ_CHECK(m.param(k).data() != nullptr);
+    }
+  } else {
+    FUZZ_CHECK(m.params.empty());
+    FUZZ_CHECK(m.path_known == !m.allow.empty());
+  }
+  // The paging and filter parameters that list handlers read.
+  (void)t.get("after");
+  (void)t.get("limit");
+  (void)t.has("include_archived");
+}
+
+// Each accessor as a handler would call it; a failure must be an ApiError that renders.
+template <class F>
+void expect_api_error_only(F&& f) {
+  try {
+    f();
+  } catch (const ApiError& e) {
+    FUZZ_CHECK(e.status >= 400 && e.status < 600);
+    (void)aicloud::dump_json(e.to_json());
+  }
+}
+
+void check_body(std::string_view body) {
+  json j;
+  try {
+    j = aicloud::parse_json_body(body);
+  } catch (const ApiError& e) {
+    FUZZ_CHECK(e.status == 400);
+    (void)aicloud::dump_json(e.to_json());
+    return;
+  }
+  // What the server would send back if a handler echoed the body.
+  std::string out = aicloud::dump_json(j);
+  FUZZ_CHECK(!out.empty());
+
+  std::optional<aicloud::BodyReader> b;
+  expect_api_error_only([&] { b.emplace(j); });
+  if (!b) return;
+  static const std::set<std::string> kRoles = {"owner", "admin", "member", "billing", "viewer"};
+  expect_api_error_only([&] { (void)b->str("name", 1, 128); });
+  expect_api_error_only([&] { (void)b->opt_str("description", 0, 1024); });
+  expect_api_error_only([&] { (void)b->opt_bool("enabled"); });
+  expect_api_error_only([&] { (void)b->opt_int("limit", 1, 100); });
+  expect_api_error_only([&] { (void)b->opt_int("gpus", INT64_MIN, INT64_MAX); });
+  expect_api_error_only([&] { (void)b->opt_enum("role", kRoles); });
+  expect_api_error_only([&] {
+    if (const json* o = b->opt_object("metadata")) (void)aicloud::dump_json(*o);
+  });
+  expect_api_error_only([&] { b->done(); });
+}
+
+void check_request(const bhttp::request<bhttp::string_body>& req) {
+  std::string_view method = req.method_string();
+  // Headers the pipeline reads.
+  for (auto f : {"authorization", "openai-organization", "idempotency-key", "x-request-id", "content-type"}) {
+    auto it = req.find(f);
+    if (it != req.end()) (void)it->value().size();
+  }
+  // Router::match must cope with any string, parsed or not.
+  (void)router().match(method, req.target());
+
+  aicloud::http::Target t;
+  if (aicloud::http::parse_target(req.target(), t)) {
+    FUZZ_CHECK(!t.path.empty() && t.path.front() == '/');
+    FUZZ_CHECK(t.path.find('\0') == std::string::npos);
+    check_route(method, t);
+  }
+  check_body(req.body());
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const char* p = reinterpret_cast<const char*>(data);
+  size_t off = 0;
+  for (int i = 0; i < 8 && off < size; ++i) {
+    Parser whole;
+    set_limits(whole);
+    whole.eager(true);
+    Outcome a = parse_one(whole, p + off, size - off, 0);
+
+    // The same bytes arriving a few at a time (the step comes from the input, so it is
+    // reproducible); capped so that large inputs stay fast.
+    if (size - off <= 8192) {
+      Parser pieces;
+      set_limits(pieces);
+      pieces.eager(true);
+      size_t step = 1 + (size - off) % 17;
+      Outcome b = parse_one(pieces, p + off, size - off, step);
+      if (!a.same_as(b)) {
+        std::fprintf(stderr, "one-shot: %s consumed %zu; in %zu-byte pieces: %s consumed %zu\n",
+                     a.ec.message().c_str(), a.consumed, step, b.ec.message().c_str(), b.consumed);
+      }
+      FUZZ_CHECK(a.same_as(b));
+    }
+    if (a.ec) break;  // the server answers 400/413/431 and closes
+    auto req = whole.release();
+    check_request(req);
+    if (!req.keep_alive() || a.consumed == 0) break;
+    off += a.consumed;
+  }
+  return 0;
+}

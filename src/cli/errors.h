@@ -1,0 +1,17 @@
+// How a CLI command fails: a one-line message for stderr and the process exit code.
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace aicloud::cli {
+
+inline constexpr int kExitFailure = 1;  // the server refused, failed, or could not be reached
+inline constexpr int kExitUsage = 2;    // the command line was wrong
+
+struct CliError : std::runtime_error {
+  int exit_code;
+  explicit CliError(const std::string& message, int code = kExitFailure)
+      : std::runtime_error(message), exit_code(code) {}
+};
+
+}  // namespace aicloud::cli

@@ -1,0 +1,50 @@
+// Workloads (instances, jobs, services) and their assignments, as stored objects, and the
+// reconciliation that derives a workload's status from its assignments' reports
+// (level-triggered: it reads all of them each time, so a lost or repeated report does no harm).
+//
+// A workload is spec (what the tenant asked for) + status (what the system observed).
+// Placing it creates one assignment per rank (kind "assignment", parent = node): that is what
+// an agent sees and runs. Assignments carry a `desired` state (run/stop) the server writes and
+// a `phase` the agent reports.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "store/store.h"
+#include "util/json_util.h"
+
+namespace aicloud {
+
+// Phases a workload goes through.
+//   pending -> starting -> running -> succeeded | failed | stopped
+//   any -> cancelling -> cancelled; preempting -> preempted; lost (a node died) -> pending on retry
+inline bool workload_terminal(const std::string& phase) {
+  return phase == "succeeded" || phase == "failed" || phase == "cancelled" || phase == "preempted" ||
+         phase == "stopped" || phase == "lost";
+}
+
+json workload_json(const Object& w);  // the API shape: compute.instance | compute.job | compute.service
+json assignment_json(const Object& a);
+
+// One placement of one rank: node, GPU indices.
+struct RankPlacement {
+  std::string node_id;
+  std::string node_name;
+  std::vector<int> gpus;
+};
+
+// Writes the assignments for a placed workload (one per rank, in rank order) and marks it
+// starting. ranks.size() must be nodes * 1 (one rank per node; a rank uses gpus_per_node GPUs).
+void place_workload(Tx& tx, Object& w, const std::vector<RankPlacement>& ranks, const std::string& master_addr);
+
+// Recomputes w.status from its assignments and moves it on: finished jobs succeed or fail,
+// failed ones are retried while attempts remain, cancelled/stopped ones settle.
+// Returns true if w changed (and was written).
+bool reconcile_workload(Tx& tx, Object& w);
+
+// Asks every live assignment of w to stop (SIGTERM, then SIGKILL after grace_ms).
+void stop_assignments(Tx& tx, const Object& w, int64_t grace_ms);
+
+std::vector<Object> assignments_of(Tx& tx, const Object& w);
+
+}  // namespace aicloud
