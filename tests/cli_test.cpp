@@ -319,7 +319,7 @@ TEST_F(CliTest, ValidationErrorNamesTheFieldAndExitsOne) {
 TEST_F(CliTest, FlagBeatsEnvironmentBeatsConfigFile) {
   fs::create_directories(fs::path(config).parent_path());
   int dead = closed_port();
-  aicloud::cli::write_config(config, {"http://127.0.0.1:" + std::to_string(dead), srv.admin_key(), ""});
+  aicloud::cli::write_config(config, {"http://127.0.0.1:" + std::to_string(dead), srv.admin_key(), "", ""});
 
   Result r = cli({"orgs", "list"});  // the file's URL: nothing there
   EXPECT_EQ(r.code, 1);
@@ -366,7 +366,7 @@ TEST(CliNoServer, BadUsageExitsTwo) {
 TEST(CliConfig, RoundTripsQuotedValuesPrivatelyAndRejectsMalformedLines) {
   TempDir dir;
   std::string path = dir.path() + "/sub/config.toml";
-  aicloud::cli::Settings s{"http://127.0.0.1:9", "sk-\"odd\\key", "org-1"};
+  aicloud::cli::Settings s{"http://127.0.0.1:9", "sk-\"odd\\key", "org-1", "proj_1"};
   aicloud::cli::write_config(path, s);
   struct stat st {};
   ASSERT_EQ(stat(path.c_str(), &st), 0);
@@ -375,6 +375,7 @@ TEST(CliConfig, RoundTripsQuotedValuesPrivatelyAndRejectsMalformedLines) {
   EXPECT_EQ(back.url, s.url);
   EXPECT_EQ(back.api_key, s.api_key);
   EXPECT_EQ(back.org, s.org);
+  EXPECT_EQ(back.project, s.project);
   EXPECT_EQ(aicloud::cli::read_config(dir.path() + "/missing.toml").url, "");
 
   std::ofstream(path) << "# comment\n\nurl = \"http://x:1\"\nother = \"ignored\"\napi_key = unquoted\n";

@@ -1,8 +1,9 @@
 // Workloads end to end on one machine: a real server, real agents with declared GPUs in
 // different NVLink domains, real processes. A 2-node gang job runs both ranks with the right
 // environment; a spot instance is preempted, with notice, by an on-demand one; a failing job is
-// retried; kill -9 an agent and its job is retried on another node; cancel; bad input; another
-// organization's ids.
+// retried; kill -9 an agent and its job is retried on another node; cancel; an instance stopped,
+// started again and deleted; bad input (services, exec too); another organization's ids.
+// Services, exec, agent and server restarts: tests/lifecycle_test.cpp.
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -234,6 +235,107 @@ TEST_F(Compute, BadInputAndTenancy) {
   json offers = p.get("/v1/compute/offers");
   ASSERT_FALSE(offers["data"].empty());
   EXPECT_EQ(offers["data"][0]["gpu_type"], "H100-80GB");
+}
+
+TEST_F(Compute, InstanceStopStartAndDelete) {
+  auto a = agent("node-a", "rack-1");
+  wait_nodes_ready(1);
+  Api p{*c, tenant.project_key, ""};
+  json inst = p.post("/v1/compute/instances",
+                     {{"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"gpus", 8}, {"command", "echo up; sleep 300"}},
+                     201);
+  std::string id = inst["id"], path = "/v1/compute/instances/" + id;
+  json first = wait_phase(p, path, "running");
+  std::string first_asg = first["status"]["placements"][0]["assignment_id"];
+  auto start = p.call("POST", path + "/start", json::object());
+  EXPECT_EQ(start.status, 409u) << start.body;
+  EXPECT_EQ(json::parse(start.body)["error"]["code"], "instance_not_stopped");
+
+  p.post(path + "/stop", {{"grace_period_seconds", 1}});
+  wait_phase(p, path, "stopped");
+  json restarted = p.post(path + "/start", json::object());
+  EXPECT_EQ(restarted["status"]["phase"], "pending");
+  json second = wait_phase(p, path, "running");
+  EXPECT_EQ(second["status"]["attempts"], 2);
+  EXPECT_NE(second["status"]["placements"][0]["assignment_id"], first_asg);  // placed anew
+  for (int i = 0; i < 100 && p.get(path + "/logs")["text"] == ""; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(p.get(path + "/logs")["text"], "up\n");
+
+  // Delete stops a running instance; it is gone from the API at once, and its GPUs come back.
+  json del = p.del(path);
+  EXPECT_EQ(del, json({{"id", id}, {"object", "compute.instance"}, {"deleted", true}}));
+  EXPECT_EQ(p.call("GET", path).status, 404u);
+  EXPECT_EQ(p.call("GET", path + "/logs").status, 404u);
+  EXPECT_EQ(p.call("POST", path + "/start", json::object()).status, 404u);
+  EXPECT_EQ(p.call("DELETE", path).status, 404u);
+  EXPECT_EQ(p.get("/v1/compute/instances")["data"].size(), 0u);
+  json offers;
+  for (int i = 0; i < 200; ++i) {
+    offers = p.get("/v1/compute/offers");
+    if (offers["data"][0]["gpus_available"] == 8) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(offers["data"][0]["gpus_available"], 8) << offers.dump();
+
+  // A job can be deleted once it ended, not before.
+  json job = p.post("/v1/compute/jobs", {{"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"gpus_per_node", 1},
+                                         {"command", "sleep 300"}}, 201);
+  std::string jpath = "/v1/compute/jobs/" + job["id"].get<std::string>();
+  auto busy = p.call("DELETE", jpath);
+  EXPECT_EQ(busy.status, 409u) << busy.body;
+  EXPECT_EQ(json::parse(busy.body)["error"]["code"], "workload_active");
+  p.post(jpath + "/cancel", {{"grace_period_seconds", 1}});
+  wait_phase(p, jpath, "cancelled");
+  EXPECT_EQ(p.del(jpath)["deleted"], true);
+  EXPECT_EQ(p.call("GET", jpath).status, 404u);
+}
+
+TEST_F(Compute, ServiceAndExecBadInput) {
+  auto a = agent("node-a", "rack-1");
+  wait_nodes_ready(1);
+  Api p{*c, tenant.project_key, ""};
+  auto param = [&](const std::string& path, const json& body) {
+    auto r = p.call("POST", path, body);
+    EXPECT_EQ(r.status, 400u) << r.body;
+    return json::parse(r.body)["error"]["param"];
+  };
+  json ok = {{"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"gpus", 1}, {"port", 8080}, {"command", "true"}};
+  json b = ok; b.erase("port");
+  EXPECT_EQ(param("/v1/compute/services", b), "port");
+  b = ok; b["port"] = 0;
+  EXPECT_EQ(param("/v1/compute/services", b), "port");
+  b = ok; b["health_check"] = {{"path", "health"}};
+  EXPECT_EQ(param("/v1/compute/services", b), "health_check.path");
+  b = ok; b["health_check"] = {{"interval_seconds", 0}};
+  EXPECT_EQ(param("/v1/compute/services", b), "health_check.interval_seconds");
+  b = ok; b["health_check"] = {{"failure_threshold", "3"}};
+  EXPECT_EQ(param("/v1/compute/services", b), "health_check.failure_threshold");
+  b = ok; b["health_check"] = {{"bogus", 1}};
+  EXPECT_EQ(param("/v1/compute/services", b), "health_check.bogus");
+  b = ok; b["health_check"] = "/health";
+  EXPECT_EQ(param("/v1/compute/services", b), "health_check");
+  json svc = p.post("/v1/compute/services", ok, 201);
+  EXPECT_EQ(svc["spec"]["health_check"], json({{"path", "/health"}, {"interval_seconds", 2}, {"timeout_seconds", 1},
+                                               {"failure_threshold", 3}, {"startup_timeout_seconds", 600}}));
+  EXPECT_EQ(svc["spec"]["port"], 8080);
+
+  // Exec: the body is checked before the instance's phase; a pending instance is 409.
+  json inst = p.post("/v1/compute/instances",
+                     {{"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"gpus", 8}, {"class", "spot"}}, 201);
+  std::string ipath = "/v1/compute/instances/" + inst["id"].get<std::string>();
+  EXPECT_EQ(param(ipath + "/exec", json::object()), "command");
+  EXPECT_EQ(param(ipath + "/exec", {{"command", json::array()}}), "command");
+  EXPECT_EQ(param(ipath + "/exec", {{"command", {"ls", 3}}}), "command");
+  EXPECT_EQ(param(ipath + "/exec", {{"command", "true"}, {"timeout_seconds", 0}}), "timeout_seconds");
+  EXPECT_EQ(param(ipath + "/exec", {{"command", "true"}, {"timeout_seconds", 3601}}), "timeout_seconds");
+  EXPECT_EQ(param(ipath + "/exec", {{"command", "true"}, {"cwd", "/"}}), "cwd");
+  p.post(ipath + "/stop", json::object());
+  auto r = p.call("POST", ipath + "/exec", {{"command", "true"}});
+  EXPECT_EQ(r.status, 409u) << r.body;
+  EXPECT_EQ(p.call("GET", ipath + "/exec/exec_nosuchthing000000000000").status, 404u);
+  EXPECT_EQ(p.call("GET", ipath + "/exec/exec_x?offset=-1").status, 404u);  // the instance is checked first
 }
 
 }  // namespace

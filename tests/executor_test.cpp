@@ -1,6 +1,7 @@
-// The agent's process executor with real processes: exit codes, logs with rotation, stopping a
-// whole process tree (SIGTERM, then SIGKILL after the grace period), GPU visibility, and
-// re-adoption of running workloads by a new Executor (an agent restart).
+// The agent's process executor with real processes: exit codes, logs with rotation (and offsets
+// that go on across rotations), stopping a whole process tree (SIGTERM, then SIGKILL after the
+// grace period), GPU visibility, re-adoption of running workloads by a new Executor (an agent
+// restart), restarts in place (services), restart requests, timeouts and another work dir (execs).
 #include "agent/executor.h"
 
 #include <gtest/gtest.h>
@@ -140,6 +141,129 @@ TEST(Executor, LogsRotateAtTheirCap) {
   EXPECT_LE(total, 2 * 16 * 1024 + 65536);
   EXPECT_NE(log.find("line-2000-"), std::string::npos);  // the tail is kept
   EXPECT_EQ(log.find("line-1-x"), std::string::npos);    // the head rotated away
+}
+
+TEST(Executor, RestartAlwaysRunsTheCommandAgainAndCounts) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("asg_svc", {"echo run; exit 3"});
+  s.restart_always = true;
+  ASSERT_TRUE(ex.start(s, &err)) << err;
+  ProcessState st;
+  for (int i = 0; i < 200; ++i) {
+    ex.tick();
+    st = ex.state("asg_svc");
+    if (st.restarts >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(st.phase, ProcessState::kRunning);  // the supervisor lives on between runs
+  EXPECT_EQ(st.restarts, 1);
+  EXPECT_EQ(st.last_exit_code, 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1300));  // the second run, after a 1 s backoff
+  std::string log = log_of(ex, "asg_svc");
+  size_t runs = 0;
+  for (size_t at = log.find("run\n"); at != std::string::npos; at = log.find("run\n", at + 1)) ++runs;
+  EXPECT_GE(runs, 2u) << log;
+  EXPECT_NE(log.find("[aicloud] exited with code 3; starting again in 1 s (restart 1)"), std::string::npos) << log;
+  ex.stop("asg_svc", 2000);  // a stop is not restarted
+  ProcessState done = wait_done(ex, "asg_svc");
+  EXPECT_EQ(done.phase, ProcessState::kExited);
+  EXPECT_LE(done.restarts, 2);
+}
+
+TEST(Executor, ARestartRequestEndsTheRunAndStartsItAgain) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("asg_r", {"echo run; sleep 300 & wait"});
+  s.restart_always = true;
+  ASSERT_TRUE(ex.start(s, &err)) << err;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ex.restart("asg_r", "the health check failed");
+  ProcessState st;
+  for (int i = 0; i < 200 && st.restarts < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    st = ex.state("asg_r");
+  }
+  EXPECT_EQ(st.restarts, 1);
+  EXPECT_EQ(st.last_exit_code, 128 + SIGTERM);
+  EXPECT_EQ(st.phase, ProcessState::kRunning);
+  EXPECT_NE(log_of(ex, "asg_r").find("[aicloud] restarting: the health check failed"), std::string::npos);
+  ex.stop("asg_r", 1000);
+  EXPECT_EQ(wait_done(ex, "asg_r").phase, ProcessState::kExited);
+}
+
+TEST(Executor, ATimeoutEndsItWith124) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("exec_t", {"trap '' TERM; sleep 30"});  // ignores SIGTERM: SIGKILL follows
+  s.timeout_ms = 300;
+  int64_t t0 = now_ms();
+  ASSERT_TRUE(ex.start(s, &err)) << err;
+  ProcessState st = wait_done(ex, "exec_t");
+  EXPECT_EQ(st.phase, ProcessState::kExited);
+  EXPECT_EQ(st.exit_code, 124);
+  EXPECT_TRUE(st.timed_out);
+  EXPECT_LT(now_ms() - t0, 8000);
+  EXPECT_NE(log_of(ex, "exec_t").find("[aicloud] timed out"), std::string::npos);
+}
+
+TEST(Executor, RunsInAnotherWorkDirWhenAsked) {
+  TempDir d, other;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("exec_cwd", {"pwd; echo home=$HOME"});
+  s.cwd = other.path();
+  ASSERT_TRUE(ex.start(s, &err)) << err;
+  wait_done(ex, "exec_cwd");
+  std::string log = log_of(ex, "exec_cwd");
+  EXPECT_NE(log.find(other.path() + "\n"), std::string::npos) << log;
+  EXPECT_NE(log.find("home=" + other.path() + "\n"), std::string::npos) << log;
+}
+
+// Offsets count every byte the workload wrote: a reader that follows by offset keeps going
+// across rotations and gets every byte once, in order.
+TEST(Executor, LogOffsetsGoOnAcrossRotations) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  auto s = spec("asg_rot", {"for i in $(seq 1 1000); do printf 'line-%05d\\n' $i; "
+                            "[ $((i % 20)) = 0 ] && sleep 0.02; done; true"});
+  s.log_cap_bytes = 4096;
+  ASSERT_TRUE(ex.start(s, &err)) << err;
+  std::string followed;
+  int64_t offset = 0;
+  bool gap = false;
+  for (int i = 0; i < 20000; ++i) {
+    ex.tick();
+    bool exited = ex.state("asg_rot").phase == ProcessState::kExited;
+    int64_t total = 0, start = 0;
+    std::string chunk = ex.read_log("asg_rot", offset, 1 << 20, &total, &start);
+    if (start != offset) gap = true;  // fell more than a file behind (a loaded machine)
+    followed += chunk;
+    offset = start + int64_t(chunk.size());
+    if (exited && offset == total) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(offset, 11000);
+  if (!gap) {
+    std::string want;
+    for (int i = 1; i <= 1000; ++i) {
+      char line[16];
+      snprintf(line, sizeof line, "line-%05d\n", i);
+      want += line;
+    }
+    EXPECT_EQ(followed, want);
+  }
+  // What is kept now: the rotated file (bytes 4096..8192) and the current one (8192..11000).
+  int64_t total = 0, start = 0;
+  std::string kept = ex.read_log("asg_rot", 0, 1 << 20, &total, &start);
+  EXPECT_EQ(start, 4096);
+  EXPECT_EQ(total, 11000);
+  EXPECT_EQ(kept.size(), 11000u - 4096u);
+  EXPECT_EQ(ex.read_log("asg_rot", 11000 - 11, 11, &total), "line-01000\n");
 }
 
 }  // namespace

@@ -42,12 +42,13 @@ std::string sandbox_limit_mode() {
 std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
   std::vector<std::string> out;
   if (spec.memory_bytes <= 0 && spec.cpus <= 0) return out;
+  const std::string& name = spec.cgroup.empty() ? spec.id : spec.cgroup;
   std::error_code ec;
   if (cgroup_v2()) {
     fs::path root = cgroup_root("");
     if (root.empty()) return out;
     write_file(root / "cgroup.subtree_control", "+memory +cpu");
-    fs::path g = root / spec.id;
+    fs::path g = root / name;
     fs::create_directories(g, ec);
     if (ec) return out;
     if (spec.memory_bytes > 0) write_file(g / "memory.max", std::to_string(spec.memory_bytes));
@@ -58,7 +59,7 @@ std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
   if (spec.memory_bytes > 0) {
     fs::path root = cgroup_root("memory");
     if (!root.empty()) {
-      fs::path g = root / spec.id;
+      fs::path g = root / name;
       fs::create_directories(g, ec);
       if (!ec && write_file(g / "memory.limit_in_bytes", std::to_string(spec.memory_bytes))) out.push_back(g.string());
     }
@@ -66,7 +67,7 @@ std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
   if (spec.cpus > 0) {
     fs::path root = cgroup_root("cpu");
     if (!root.empty()) {
-      fs::path g = root / spec.id;
+      fs::path g = root / name;
       fs::create_directories(g, ec);
       if (!ec && write_file(g / "cpu.cfs_period_us", "100000") &&
           write_file(g / "cpu.cfs_quota_us", std::to_string(int64_t(spec.cpus * 100000)))) {
@@ -100,6 +101,7 @@ std::string sandbox_enter(const SandboxSpec& spec, const std::vector<std::string
 }
 
 void sandbox_cleanup(const std::vector<std::string>& cgroups) {
+  // A cgroup shared with a workload that still runs (an exec's) is busy: rmdir leaves it.
   for (const auto& g : cgroups) rmdir(g.c_str());
 }
 

@@ -21,6 +21,10 @@ struct SandboxSpec {
   double cpus = 0;                // 0 = no limit
   std::string run_as;             // user name; "" = the agent's own user
   int64_t log_cap_bytes = 8 << 20;  // per log file; one rotated file is kept
+  std::string cwd;                // where the command starts; "" = DIR/work (an exec: its instance's)
+  std::string cgroup;             // the cgroup's name; "" = id (an exec joins its instance's cgroup)
+  bool restart_always = false;    // services: the supervisor runs the command again whenever it ends
+  int64_t timeout_ms = 0;         // 0 = none; else SIGTERM at the deadline, SIGKILL 2 s later, exit 124
 };
 
 // How limits were applied, for the workload's status ("cgroup-v2", "cgroup-v1", "rlimit").

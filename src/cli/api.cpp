@@ -64,6 +64,8 @@ static std::string error_line(const http::ClientResponse& res, const Settings& s
     line += "; log in with `aicloud login`, or pass --api-key / set AICLOUD_API_KEY";
   } else if (param == "OpenAI-Organization") {
     line += "; choose one with --org ORG_ID or AICLOUD_ORG";
+  } else if (code == "project_required" || param == "OpenAI-Project") {
+    line += "; choose one with --project PROJECT_ID or AICLOUD_PROJECT, or use a project key";
   }
   return line;
 }
@@ -72,6 +74,7 @@ json Api::call(const Request& r, bool with_credential) {
   std::vector<std::pair<std::string, std::string>> headers;
   if (with_credential && !settings_.api_key.empty()) headers.emplace_back("Authorization", "Bearer " + settings_.api_key);
   if (!settings_.org.empty()) headers.emplace_back("OpenAI-Organization", settings_.org);
+  if (!settings_.project.empty()) headers.emplace_back("OpenAI-Project", settings_.project);
 
   http::ClientResponse res;
   try {

@@ -2,12 +2,14 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "audit/audit.h"
 #include "cli/api.h"
+#include "cli/command_kit.h"
 #include "cli/errors.h"
 #include "cli/output.h"
 #include "cli/prompt.h"
@@ -15,64 +17,6 @@
 
 namespace aicloud::cli {
 namespace {
-
-// The server, as the resolved settings name it.
-Api server(const Flags& f) { return Api(resolve_settings(f.global), f.output == "json"); }
-bool json_output(const Flags& f) { return f.output == "json"; }
-Request::Query paging(const Flags& f) { return {{"limit", f.limit}, {"after", f.after}}; }
-
-// ---- building blocks -------------------------------------------------------------------------
-
-CLI::App* noun(CLI::App& app, const std::string& name, const std::string& help) {
-  CLI::App* n = app.add_subcommand(name, help);
-  n->require_subcommand(1);
-  return n;
-}
-
-CLI::App* verb(CLI::App* parent, const std::string& name, const std::string& help, std::function<void()> run) {
-  CLI::App* v = parent->add_subcommand(name, help);
-  v->callback(std::move(run));
-  return v;
-}
-
-void id_arg(CLI::App* v, Flags& f, const std::string& what) { v->add_option("id", f.id, what)->required(); }
-
-void paging_flags(CLI::App* v, Flags& f) {
-  v->add_option("--limit", f.limit, "At most this many (1-100, default 20)");
-  v->add_option("--after", f.after, "Start after this id (the last id of the previous page)");
-}
-
-std::vector<Column> operator+(std::vector<Column> a, const std::vector<Column>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-// Printers for the usual answers: a list, one object, a deletion.
-Api::Printer list_of(std::vector<Column> columns) {
-  return [columns = std::move(columns)](const json& r) {
-    print_table(std::cout, columns, r.value("data", json::array()));
-    if (r.value("has_more", false)) std::cerr << "(more: --after " << cell_text(r.value("last_id", json())) << ")\n";
-  };
-}
-Api::Printer one(std::vector<Column> columns) {
-  return [columns = std::move(columns)](const json& r) { print_object(std::cout, columns, r); };
-}
-Api::Printer deleted() {
-  return [](const json& r) { std::cout << "Deleted " << cell_text(r.value("id", json())) << "\n"; };
-}
-
-// A JSON body of the given fields, leaving out the empty ones (flags that were not given).
-json fields(std::initializer_list<std::pair<const char*, std::string>> kv) {
-  json b = json::object();
-  for (const auto& [k, v] : kv) {
-    if (!v.empty()) b[k] = v;
-  }
-  return b;
-}
-
-std::string seg(const std::string& id) { return "/" + url_encode(id); }
-
-bool is_operator_key(const std::string& key) { return key.rfind("sk-root-", 0) == 0; }
 
 // ---- columns ---------------------------------------------------------------------------------
 
@@ -99,14 +43,15 @@ void add_session_commands(CLI::App& app, Flags& f) {
     Settings s = resolve_settings(f.global);
     std::string email = f.email.empty() ? read_line("Email", true) : f.email;
     std::string password = f.password.empty() ? read_line("Password", false) : f.password;
-    Api api(Settings{s.url, "", ""}, json_output(f));
+    Api api(Settings{s.url, "", "", ""}, json_output(f));
     json r = api.call({"POST", "/v1/auth/login", {}, {{"email", email}, {"password", password}}}, false);
 
     std::string path = config_path();
     Settings saved = read_config(path);
     saved.url = s.url;
     saved.api_key = r.value("token", "");
-    saved.org = f.global.org;  // a previous account's organization would not fit this one
+    saved.org = f.global.org;  // a previous account's organization and project would not fit this one
+    saved.project = f.global.project;
     write_config(path, saved);
 
     if (json_output(f)) {
@@ -131,13 +76,14 @@ void add_session_commands(CLI::App& app, Flags& f) {
     if (saved.api_key.rfind("sess-", 0) == 0) {
       Settings s = resolve_settings(f.global);
       try {
-        Api(Settings{s.url, saved.api_key, ""}, false).call({"POST", "/v1/auth/logout"});
+        Api(Settings{s.url, saved.api_key, "", ""}, false).call({"POST", "/v1/auth/logout"});
       } catch (const CliError& e) {
         std::cerr << "warning: could not end the session on the server (" << e.what() << "); it expires by itself\n";
       }
     }
     saved.api_key.clear();
     saved.org.clear();
+    saved.project.clear();
     write_config(path, saved);
     std::cout << "Logged out.\n";
   });
@@ -420,10 +366,11 @@ void add_commands(CLI::App& app, Flags& f) {
   app.add_option("--url", f.global.url, "Server URL (env AICLOUD_URL, else the config file, else http://127.0.0.1:8080)");
   app.add_option("--api-key", f.global.api_key, "API key or session token (env AICLOUD_API_KEY, else the config file)");
   app.add_option("--org", f.global.org, "Act in this organization: OpenAI-Organization (env AICLOUD_ORG)");
+  app.add_option("--project", f.global.project,
+                 "Act in this project: OpenAI-Project, for compute commands with an admin key or a login "
+                 "(env AICLOUD_PROJECT); project keys (sk-proj-...) need none");
   app.add_option("-o,--output", f.output, "Output format: table or json (the server's JSON)")
       ->check(CLI::IsMember({"table", "json"}));
-  app.footer("Config file: $AICLOUD_CONFIG or ~/.config/aicloud/config.toml. "
-             "`aicloud server`, `aicloud up` and `aicloud agent` run the cloud itself.");
 
   add_session_commands(app, f);
   add_org_commands(app, f);
@@ -432,6 +379,37 @@ void add_commands(CLI::App& app, Flags& f) {
   add_user_commands(app, f);
   add_audit_commands(app, f);
   add_settings_commands(app, f);
+  add_compute_commands(app, f);
+  add_capacity_commands(app, f);
+}
+
+void group_commands(CLI::App& app) {
+  // The help lists the commands by who uses them.
+  const std::vector<std::pair<const char*, std::vector<std::string>>> groups = {
+      {"Session", {"login", "logout", "whoami"}},
+      {"Organizations and access", {"orgs", "projects", "keys", "admin-keys", "users", "audit", "settings"}},
+      {"Compute (a project's GPUs)", {"offers", "instances", "jobs", "services", "reservations", "quotas"}},
+      {"Models", {"models"}},
+      {"Fleet (operator)", {"regions", "zones", "capacity-providers", "join-tokens", "nodes"}}};
+  for (CLI::App* sub : app.get_subcommands({})) {
+    for (const auto& [group, names] : groups) {
+      if (std::find(names.begin(), names.end(), sub->get_name()) != names.end()) sub->group(group);
+    }
+  }
+  // Set last: subcommands made before it would repeat it under each of their own helps.
+  app.footer(
+      "Examples:\n"
+      "  aicloud regions create eu-west-1 --jurisdiction EU          (operator)\n"
+      "  aicloud join-tokens create --region eu-west-1 --max-uses 0   (then: aicloud agent --join-token ...)\n"
+      "  aicloud offers\n"
+      "  aicloud instances create --gpus 2 --gpu-type H100-80GB --region eu-west-1 -- python serve.py\n"
+      "  aicloud jobs create --nodes 2 --gpus-per-node 8 --gpu-type H100-80GB --region eu-west-1 -- torchrun train.py\n"
+      "  aicloud jobs logs JOB_ID --rank 1 -f\n"
+      "  aicloud instances exec INSTANCE_ID -- nvidia-smi\n"
+      "\n"
+      "Run `aicloud NOUN --help` for a noun's verbs and `aicloud NOUN VERB --help` for a verb's flags.\n"
+      "Config file: $AICLOUD_CONFIG or ~/.config/aicloud/config.toml. "
+      "`aicloud server`, `aicloud up` and `aicloud agent` run the cloud itself.");
 }
 
 }  // namespace aicloud::cli

@@ -81,6 +81,7 @@ Settings read_config(const std::string& path) {
     if (key == "url") s.url = value;
     if (key == "api_key") s.api_key = value;
     if (key == "org") s.org = value;
+    if (key == "project") s.project = value;
   }
   return s;
 }
@@ -90,6 +91,7 @@ void write_config(const std::string& path, const Settings& s) {
   if (!s.url.empty()) text += "url = " + quote(s.url) + "\n";
   if (!s.api_key.empty()) text += "api_key = " + quote(s.api_key) + "\n";
   if (!s.org.empty()) text += "org = " + quote(s.org) + "\n";
+  if (!s.project.empty()) text += "project = " + quote(s.project) + "\n";
 
   auto fail = [&](const std::string& what) {
     return CliError("cannot write the config file " + path + ": " + what + ": " + std::strerror(errno));
@@ -128,6 +130,7 @@ Settings resolve_settings(const Settings& flags) {
   if (s.url.empty()) s.url = kDefaultUrl;
   s.api_key = pick(flags.api_key, "AICLOUD_API_KEY", file.api_key);
   s.org = pick(flags.org, "AICLOUD_ORG", file.org);
+  s.project = pick(flags.project, "AICLOUD_PROJECT", file.project);
   return s;
 }
 

@@ -1,6 +1,7 @@
-// Where the CLI finds its server, credential and organization. Each setting comes from its flag
-// (--url, --api-key, --org), else the environment (AICLOUD_URL, AICLOUD_API_KEY, AICLOUD_ORG),
-// else the config file, else a default (only the URL has one).
+// Where the CLI finds its server, credential, organization and project. Each setting comes from
+// its flag (--url, --api-key, --org, --project), else the environment (AICLOUD_URL,
+// AICLOUD_API_KEY, AICLOUD_ORG, AICLOUD_PROJECT), else the config file, else a default (only the
+// URL has one).
 #pragma once
 #include <string>
 
@@ -12,12 +13,13 @@ struct Settings {
   std::string url;
   std::string api_key;  // a key (sk-...) or a session token from `aicloud login` (sess-...)
   std::string org;      // sent as OpenAI-Organization when not empty
+  std::string project;  // sent as OpenAI-Project when not empty (project keys need none)
 };
 
 // $AICLOUD_CONFIG, else ~/.config/aicloud/config.toml.
 std::string config_path();
 
-// The config file holds `key = "value"` lines (url, api_key, org); `#` starts a comment and
+// The config file holds `key = "value"` lines (url, api_key, org, project); `#` starts a comment and
 // other keys are ignored. A missing file is empty settings; a malformed line throws CliError.
 Settings read_config(const std::string& path);
 

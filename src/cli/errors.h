@@ -14,4 +14,9 @@ struct CliError : std::runtime_error {
       : std::runtime_error(message), exit_code(code) {}
 };
 
+// Ends the command with this exit code and no message: `instances exec` passes on its command's.
+struct CliExit {
+  int exit_code;
+};
+
 }  // namespace aicloud::cli

@@ -50,8 +50,9 @@ std::string format_time(int64_t unix_seconds) {
 }
 
 // Cells come from tenants (names, emails): control characters would break the layout or
-// drive the terminal, so they are shown as '?'.
+// drive the terminal, so they are shown as '?'. An empty cell is "-", so that columns stay readable.
 static std::string printable(std::string s) {
+  if (s.empty()) return "-";
   for (char& c : s) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
   }

@@ -25,6 +25,41 @@ std::string zone_of(const Object& node) {
   return node.data["zone"].is_string() ? node.data["zone"].get<std::string>() : node.parent_id + "/default";
 }
 
+// The scheduler's sentence for a pending workload, with the stored objects it is about: the
+// quota that holds it back, the reservation that is not active yet or awaits approval.
+std::string explain(const sched::Pending& p, const Object& w, const std::vector<Object>& reservations,
+                    const std::vector<Object>& quotas, int64_t now) {
+  json spec = w.data.value("spec", json::object());
+  json t = spec.value("gpu_type", json());
+  std::string type = t.is_string() ? t.get<std::string>() : "";
+  std::string region = spec.value("region", "");
+  if (p.code == sched::PendingCode::kQuota) {
+    // The scheduler names the scope, type, region and limit ("over quota: SCOPE may hold N
+    // [TYPE ]GPUs[ in REGION], ..."): the quota with exactly those.
+    for (const auto& q : quotas) {
+      std::string scope = q.project_id.empty() ? q.org_id : q.project_id;
+      std::string qt = q.data.value("gpu_type", ""), qr = q.data.value("region", "");
+      std::string says = "over quota: " + scope + " may hold " + std::to_string(q.data.value("max_gpus", 0)) + " " +
+                         (qt.empty() ? "" : qt + " ") + "GPUs" + (qr.empty() ? "" : " in " + qr) + ",";
+      if (p.reason.rfind(says, 0) == 0) return p.reason + " (quota " + q.id + ")";
+    }
+  } else if (p.code == sched::PendingCode::kNoReservation) {
+    std::string more;
+    for (const auto& r : reservations) {
+      if (r.org_id != w.org_id || r.data.value("gpu_type", "") != type || r.data.value("region", "") != region) continue;
+      std::string st = r.data.value("status", "");
+      int64_t start = r.data.value("start_time", int64_t(0));
+      if (st == "approved" && start > now) {
+        more = "; reservation " + r.id + " starts at " + std::to_string(start) + " (unix time)";
+        break;
+      }
+      if (st == "pending_approval" && more.empty()) more = "; reservation " + r.id + " awaits the operator's approval";
+    }
+    return p.reason + more;
+  }
+  return p.reason;
+}
+
 }  // namespace
 
 SchedulerController::SchedulerController(Store& store, NodeLeases& leases, ControllerOptions opts)
@@ -104,6 +139,7 @@ void SchedulerController::round() {
   sched::Cluster cluster;
   std::vector<sched::Workload> pending;
   std::map<std::string, std::string> node_names;
+  std::vector<Object> reservations, quotas;  // for explaining pending work
   store_.read([&](Tx& tx) {
     ListQuery zq;
     zq.kind = "zone";
@@ -178,6 +214,31 @@ void SchedulerController::round() {
       s.zone = spec["zone"].is_string() ? spec["zone"].get<std::string>() : "";
       pending.push_back(std::move(s));
     }
+    // Policy: approved reservations (the scheduler keeps to those active at `now`) and quotas.
+    ListQuery rq;
+    rq.kind = "reservation";
+    std::vector<sched::Reservation> resvs;
+    for (auto& r : tx.all(rq)) {
+      const json& d = r.data;
+      std::string st = d.value("status", "");
+      int64_t end = d.value("end_time", int64_t(0));
+      if (st == "approved" || st == "pending_approval") {
+        if (end > now / 1000) reservations.push_back(r);
+      }
+      if (st != "approved" || end <= now / 1000) continue;
+      resvs.push_back({r.id, r.org_id, d.value("gpu_type", ""), d.value("region", ""), d.value("gpus", 0),
+                       d.value("start_time", int64_t(0)), end, true});
+    }
+    cluster.set_reservations(std::move(resvs));
+    ListQuery qq;
+    qq.kind = "quota";
+    std::vector<sched::QuotaLimit> limits;
+    for (auto& q : tx.all(qq)) {
+      limits.push_back({q.project_id.empty() ? q.org_id : q.project_id, q.data.value("gpu_type", ""),
+                        q.data.value("region", ""), q.data.value("max_gpus", 0)});
+      quotas.push_back(std::move(q));
+    }
+    cluster.set_quotas(std::move(limits));
   });
   if (pending.empty()) return;
 
@@ -193,8 +254,9 @@ void SchedulerController::round() {
       std::vector<RankPlacement> ranks;
       for (const auto& ng : sched::describe(cluster, p)) ranks.push_back({ng.node, node_names[ng.node], ng.gpus});
       std::string master = ranks.empty() ? "127.0.0.1" : node_names[ranks.front().node_id];
-      place_workload(tx, *w, ranks, master);
       w->data["status"]["placement_reason"] = p.reason;
+      w->data["status"].erase("reason_code");
+      place_workload(tx, *w, ranks, master);
       if (!p.preempts.empty()) {
         w->data["status"]["waiting_for"] = p.preempts;
         w->data["status"]["reason"] = "waiting for preempted spot work to exit";
@@ -216,8 +278,12 @@ void SchedulerController::round() {
     for (const auto& p : plan.pending) {
       auto w = tx.get("workload", p.workload);
       if (!w || w->data["status"].value("phase", "") != "pending") continue;
-      if (w->data["status"].value("reason", "") != p.reason) {
-        w->data["status"]["reason"] = p.reason;
+      std::string reason = explain(p, *w, reservations, quotas, now / 1000);
+      std::string code = sched::to_string(p.code);
+      json& st = w->data["status"];
+      if (st["reason"] != reason || st["reason_code"] != code) {  // either may be null: no value()
+        st["reason"] = reason;
+        st["reason_code"] = code;
         tx.update(*w);
       }
     }
