@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: setup configure build test test-asan up fuzz bench clean
+.PHONY: setup configure build test test-asan up fuzz bench clean engine
 
 setup:
 	@bash scripts/setup.sh
@@ -18,8 +18,13 @@ configure: $(BUILD)/build.ninja
 build: setup configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+test: build engine
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+# The model engine, llama.cpp's llama-server at the pinned release: built once (15-30 min on 2 cores)
+# into ~/.cache/aicloud/engine, outside the tree; a no-op after that. docs/ENGINE.md.
+engine:
+	@bash scripts/engine.sh --jobs $(JOBS)
 
 # The same suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: setup

@@ -140,6 +140,52 @@ const std::vector<Route> kRoutes = {
     {"POST", "/v1/compute/services/{id}/stop", Acc::kProject, kProjectUse},
     {"GET", "/v1/compute/services/{id}/logs", Acc::kProject, kProjectUse},
     {"GET", "/v1/compute/offers", Acc::kProject, kProjectUse},
+    {"DELETE", "/v1/compute/instances/{id}", Acc::kProject, kProjectUse},
+    {"POST", "/v1/compute/instances/{id}/start", Acc::kProject, kProjectUse},
+    {"POST", "/v1/compute/instances/{id}/exec", Acc::kProject, kProjectUse},
+    {"GET", "/v1/compute/instances/{id}/exec/{exec_id}", Acc::kProject, kProjectUse},
+    {"DELETE", "/v1/compute/jobs/{id}", Acc::kProject, kProjectUse},
+    {"DELETE", "/v1/compute/services/{id}", Acc::kProject, kProjectUse},
+    {"POST", "/agent/v1/execs/{id}/status", Acc::kNode},
+    // model_routes.cpp (the registry: its routes check the caller's kind themselves)
+    {"POST", "/v1/models/import", Acc::kAny},
+    {"POST", "/v1/models/uploads", Acc::kAny},
+    {"PUT", "/v1/models/uploads/{id}/parts/{n}", Acc::kAny},
+    {"POST", "/v1/models/uploads/{id}/complete", Acc::kAny},
+    {"POST", "/v1/models/uploads/{id}/cancel", Acc::kAny},
+    {"DELETE", "/v1/models/{id}", Acc::kAny},
+    {"DELETE", "/v1/models/{ns}/{name}", Acc::kAny},
+    {"GET", "/v1/organization/models", Acc::kOrg, kAnyRole},
+    {"GET", "/admin/v1/models", Acc::kOperator},
+    {"DELETE", "/admin/v1/models/{registry_id}", Acc::kOperator},
+    {"GET", "/agent/v1/models/{id}", Acc::kNode},
+    {"GET", "/agent/v1/models/{id}/file", Acc::kNode},
+    // gateway.cpp, deployments.cpp, usage_routes.cpp
+    {"GET", "/v1/models", Acc::kProject, kProjectUse},
+    {"GET", "/v1/models/{id}", Acc::kProject, kProjectUse},
+    {"GET", "/v1/models/{ns}/{name}", Acc::kProject, kProjectUse},
+    {"POST", "/v1/chat/completions", Acc::kProject, kProjectUse},
+    {"POST", "/v1/completions", Acc::kProject, kProjectUse},
+    {"POST", "/v1/embeddings", Acc::kProject, kProjectUse},
+    {"POST", "/v1/deployments", Acc::kProject, kProjectUse},
+    {"GET", "/v1/deployments", Acc::kProject, kProjectUse},
+    {"GET", "/v1/deployments/{id}", Acc::kProject, kProjectUse},
+    {"POST", "/v1/deployments/{id}", Acc::kProject, kProjectUse},
+    {"DELETE", "/v1/deployments/{id}", Acc::kProject, kProjectUse},
+    {"GET", "/v1/organization/usage/completions", Acc::kOrg, kBilling | kAdmin | kOwner},
+    {"GET", "/v1/organization/usage/embeddings", Acc::kOrg, kBilling | kAdmin | kOwner},
+    // reservation_routes.cpp
+    {"POST", "/v1/compute/reservations", Acc::kProject, kProjectUse},
+    {"GET", "/v1/compute/reservations", Acc::kProject, kProjectUse},
+    {"GET", "/v1/compute/reservations/{id}", Acc::kProject, kProjectUse},
+    {"POST", "/v1/compute/reservations/{id}/cancel", Acc::kProject, kProjectUse},
+    {"GET", "/v1/compute/quotas", Acc::kProject, kProjectUse},
+    {"GET", "/admin/v1/reservations", Acc::kOperator},
+    {"POST", "/admin/v1/reservations/{id}/approve", Acc::kOperator},
+    {"POST", "/admin/v1/reservations/{id}/reject", Acc::kOperator},
+    {"GET", "/admin/v1/organizations/{org_id}/quotas", Acc::kOperator},
+    {"POST", "/admin/v1/organizations/{org_id}/quotas", Acc::kOperator},
+    {"DELETE", "/admin/v1/organizations/{org_id}/quotas/{quota_id}", Acc::kOperator},
     {"GET", "/agent/v1/assignments", Acc::kNode},
     {"POST", "/agent/v1/assignments/{id}/status", Acc::kNode},
 };
@@ -156,7 +202,14 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
 struct Ids {
   std::string org, project, project_key, admin_key, user, region, zone, token, node;
   std::string instance, job, service, assignment;  // {id} under /v1/compute/<kind>s and /agent/v1/assignments
+  std::string exec, reservation, quota;
+  std::string deployment = "dep_" + random_base62(24);        // made up: a deployment needs a model file
+  std::string model = "no-such-model", upload = "upload_" + random_base62(24);
 };
+
+// Reservations belong to the organization, not to one project: another project of the same
+// organization may see them.
+bool org_owned(const Route& r) { return std::string(r.path).starts_with("/v1/compute/reservations"); }
 
 std::string fill(const Route& r, const Ids& ids) {
   std::string p = r.path;
@@ -165,19 +218,37 @@ std::string fill(const Route& r, const Ids& ids) {
                    : p.starts_with("/v1/compute/jobs/")    ? ids.job
                    : p.starts_with("/v1/compute/services/") ? ids.service
                    : p.starts_with("/agent/v1/assignments/") ? ids.assignment
+                   : p.starts_with("/agent/v1/execs/") ? ids.exec
+                   : p.starts_with("/v1/deployments/") ? ids.deployment
+                   : p.starts_with("/v1/models/uploads/") ? ids.upload
+                   : p.starts_with("/v1/models/") || p.starts_with("/agent/v1/models/") ? ids.model
+                   : p.starts_with("/v1/compute/reservations/") || p.starts_with("/admin/v1/reservations/") ? ids.reservation
                                                              : "";
   if (!id.empty()) p = replace_all(p, "{id}", id);
   const std::vector<std::pair<std::string, std::string>> subs = {
       {"{org_id}", ids.org},     {"{project_id}", ids.project}, {"{key_id}", admin_key ? ids.admin_key : ids.project_key},
       {"{user_id}", ids.user},   {"{region_id}", ids.region},   {"{zone_id}", ids.zone},
-      {"{token_id}", ids.token}, {"{node_id}", ids.node}};
+      {"{token_id}", ids.token}, {"{node_id}", ids.node}, {"{exec_id}", ids.exec}, {"{quota_id}", ids.quota},
+      {"{ns}", "acme"}, {"{name}", ids.model}, {"{n}", "1"}, {"{registry_id}", "model_" + random_base62(24)}};
   for (const auto& [k, v] : subs) {
     for (size_t at; (at = p.find(k)) != std::string::npos;) p.replace(at, k.size(), v);
   }
+  if (p.starts_with("/v1/organization/usage/")) p += "?start_time=1700000000";  // required
   if (p.find('{') != std::string::npos) {
     ADD_FAILURE() << "security_test.cpp: no value for a placeholder in " << r.path << "; add it to Ids and fill()";
   }
   return p;
+}
+
+// Routes whose {id}s are made up in this fixture (no such object can exist yet): 404 when allowed.
+bool made_up_object(const Route& r) {
+  std::string p = r.path;
+  return p.find("{exec_id}") != std::string::npos || p.starts_with("/v1/deployments/") || p.starts_with("/v1/models/");
+}
+
+// The error code of a 404 on the route: OpenAI's model_not_found for models, else not_found.
+std::string not_found_code(const Route& r) {
+  return std::string(r.path).starts_with("/v1/models/") ? "model_not_found" : "not_found";
 }
 
 bool has_params(const Route& r) { return std::string(r.path).find('{') != std::string::npos; }
@@ -293,10 +364,16 @@ class Security : public ::testing::Test {
     json instance = base, job = base, service = base;
     job["command"] = {"true"};
     service["command"] = {"sleep", "1"};
+    service["port"] = 8000;
     ids.instance = k.post("/v1/compute/instances", instance, 201)["id"];
     ids.job = k.post("/v1/compute/jobs", job, 201)["id"];
     ids.service = k.post("/v1/compute/services", service, 201)["id"];
     ids.assignment = "asg_" + random_base62(24);  // none of A's: the node's own are tested by the agent's tests
+    ids.exec = "exec_" + random_base62(24);       // A's instance is not running: no exec can exist
+    int64_t now = int64_t(time(nullptr));
+    ids.reservation = k.post("/v1/compute/reservations", {{"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"gpus", 2},
+                                                          {"start_time", now}, {"end_time", now + 86400}}, 201)["id"];
+    ids.quota = "quota_" + random_base62(24);
   }
 
   // key, with OpenAI-Organization: org and OpenAI-Project: project when given.
@@ -479,26 +556,29 @@ TEST_F(Security, OtherOrganizationsObjectsAre404AndDoNotLeak) {
   wfake.instance = fake_like(ids.instance);
   wfake.job = fake_like(ids.job);
   wfake.service = fake_like(ids.service);
+  wfake.reservation = fake_like(ids.reservation);
   int project_checked = 0;
   for (const auto& w : pwho) {
     for (const auto& r : kRoutes) {
       if (r.access != Acc::kProject) continue;
+      if (org_owned(r) && w.name.find("A's other project") != std::string::npos) continue;
       SCOPED_TRACE(w.name + ": " + route_name(r));
       if (!has_params(r)) {
         if (!is_get(r)) continue;
         auto list = call(w.key, r, ids, w.org_header, w.project_header);
         EXPECT_EQ(list.status, 200u) << list.body;
-        for (const std::string& id : {ids.instance, ids.job, ids.service}) {
+        for (const std::string& id : {ids.instance, ids.job, ids.service, ids.reservation}) {
           EXPECT_EQ(list.body.find(id), std::string::npos) << "lists A's workload " << id << ": " << list.body;
         }
         continue;
       }
       auto res = call(w.key, r, ids, w.org_header, w.project_header);
-      EXPECT_TRUE(is_error(res, 404, "invalid_request_error", "not_found"));
+      EXPECT_TRUE(is_error(res, 404, "invalid_request_error", not_found_code(r)));
       auto made_up = call(w.key, r, wfake, w.org_header, w.project_header);
       EXPECT_EQ(made_up.status, res.status);
       made_up.body = replace_all(replace_all(replace_all(made_up.body, wfake.instance, ids.instance), wfake.job, ids.job),
                                  wfake.service, ids.service);
+      made_up.body = replace_all(made_up.body, wfake.reservation, ids.reservation);
       EXPECT_EQ(made_up.body, res.body) << "A's real id and a made-up one must get the same answer";
       ++project_checked;
     }
@@ -592,7 +672,7 @@ TEST_F(Security, TooSmallRoleIs403OnEveryOrgRoute) {
         EXPECT_TRUE(is_error(call(w.key, r, ids, "", a.project_id), 403, "permission_error", "insufficient_permissions"));
       } else if (is_get(r)) {
         auto res = call(w.key, r, ids, "", a.project_id);
-        EXPECT_EQ(res.status, 200u) << res.body;
+        EXPECT_EQ(res.status, made_up_object(r) ? 404u : 200u) << res.body;
       }
       // Without naming a project, no user or admin key acts in one.
       EXPECT_TRUE(is_error(call(w.key, r, ids), 403, "permission_error", "project_required"));
@@ -603,7 +683,7 @@ TEST_F(Security, TooSmallRoleIs403OnEveryOrgRoute) {
     SCOPED_TRACE(route_name(r));
     if (is_get(r)) {
       auto res = call(a.project_key, r, ids);
-      EXPECT_EQ(res.status, 200u) << res.body;
+      EXPECT_EQ(res.status, made_up_object(r) ? 404u : 200u) << res.body;
     }
     EXPECT_TRUE(is_error(call(node_key, r, ids), 403, "permission_error", "agent_only"));
     EXPECT_TRUE(is_error(call(srv->admin_key(), r, ids, "", a.project_id), 400, "invalid_request_error",

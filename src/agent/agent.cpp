@@ -1,6 +1,9 @@
 #include "agent/agent.h"
 
 #include <CLI/CLI.hpp>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,11 +14,15 @@
 #include <iostream>
 #include <sstream>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
 #include "agent/executor.h"
 #include "agent/gpu_probe.h"
+#include "agent/health.h"
+#include "agent/model_cache.h"
+#include "models/engine.h"
 #include "http/client.h"
 #include "util/json_util.h"
 #include "util/log.h"
@@ -88,49 +95,156 @@ std::string self_exe() {
   return ec ? "aicloud" : p.string();
 }
 
-constexpr int64_t kSyncMs = 500;  // how often the agent asks for its assignments
+constexpr int64_t kSyncMs = 500;  // how often the agent asks for its assignments (and ships logs)
+constexpr int64_t kChunk = 256 * 1024;  // the most log or exec output sent in one report
+
+// How much of s to send now so that it ends on a whole UTF-8 character (the rest goes with the
+// next chunk): a character split between two reports would be mangled into two replacements.
+size_t utf8_complete(const std::string& s) {
+  size_t n = s.size();
+  for (size_t back = 1; back <= 3 && back <= n; ++back) {
+    auto ch = static_cast<unsigned char>(s[n - back]);
+    if ((ch & 0xC0) == 0x80) continue;  // a continuation byte: look further back for the lead
+    size_t need = (ch & 0xE0) == 0xC0 ? 2 : (ch & 0xF0) == 0xE0 ? 3 : (ch & 0xF8) == 0xF0 ? 4 : 1;
+    return need > back ? n - back : n;
+  }
+  return n;
+}
+
+HealthCheck health_check_of(const json& a) {
+  const json& hc = a["health_check"];
+  HealthCheck c;
+  c.port = a.value("port", 0);
+  c.path = hc.value("path", "/health");
+  c.interval_ms = hc.value("interval_seconds", int64_t(2)) * 1000;
+  c.timeout_ms = hc.value("timeout_seconds", int64_t(1)) * 1000;
+  c.failure_threshold = hc.value("failure_threshold", 3);
+  c.startup_timeout_ms = hc.value("startup_timeout_seconds", int64_t(600)) * 1000;
+  return c;
+}
+
+// What a model replica's command names by placeholder and only the node can resolve:
+//   {engine:llama-server}  the engine binary, installed into the work dir from the engine build
+//                          (so that the workload's user can run it: the build cache may sit in
+//                          root's home);
+//   {model:ID:SHA256}      the model file, fetched from the server into the node's model cache;
+//   {port}                 the port the server allocated to this service on this node.
+struct NodeFiles {
+  std::string server_url, node_key, work_dir, engine_flag;
+
+  void resolve(std::vector<std::string>& argv, int port) {
+    for (auto& arg : argv) {
+      if (arg == "{port}") {
+        arg = std::to_string(port);
+      } else if (arg.rfind("{engine:", 0) == 0 && arg.back() == '}') {
+        arg = engine_binary(arg.substr(8, arg.size() - 9));
+      } else if (arg.rfind("{model:", 0) == 0 && arg.back() == '}') {
+        std::string v = arg.substr(7, arg.size() - 8);
+        size_t colon = v.find(':');
+        if (colon == std::string::npos) throw std::runtime_error("malformed model placeholder " + arg);
+        fs::path cache = fs::path(work_dir) / "models";
+        arg = ensure_model(server_url, node_key, v.substr(0, colon), v.substr(colon + 1), cache.string());
+        make_readable(cache);
+        ::chmod(arg.c_str(), 0644);
+      }
+    }
+  }
+
+  std::string engine_binary(const std::string& name) {
+    if (name != "llama-server" && name != "llama-finetune") throw std::runtime_error("unknown engine binary " + name);
+    fs::path src = engine::engine_dir(engine_flag);
+    fs::path dst = fs::path(work_dir) / "engine" / src.filename();
+    if (!fs::exists(dst / "bin" / name)) {
+      fs::path tmp = dst.string() + ".partial";
+      fs::remove_all(tmp);
+      fs::create_directories(tmp.parent_path());
+      try {  // hard links when the build is on the same filesystem, else a copy (43 MB)
+        fs::copy(src, tmp, fs::copy_options::recursive | fs::copy_options::copy_symlinks | fs::copy_options::create_hard_links);
+      } catch (const fs::filesystem_error&) {
+        fs::remove_all(tmp);
+        fs::copy(src, tmp, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+      }
+      fs::remove_all(dst);
+      fs::rename(tmp, dst);
+      spdlog::info("installed the engine from {} into {}", src.string(), dst.string());
+    }
+    make_readable(fs::path(work_dir) / "engine");
+    return (dst / "bin" / name).string();
+  }
+
+  // Directories traversable and files readable by the workload's user (who is not the agent's).
+  static void make_readable(const fs::path& p) {
+    std::error_code ec;
+    ::chmod(p.c_str(), 0755);
+    for (auto it = fs::recursive_directory_iterator(p, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      struct stat st{};
+      if (::lstat(it->path().c_str(), &st) != 0 || S_ISLNK(st.st_mode)) continue;
+      ::chmod(it->path().c_str(), S_ISDIR(st.st_mode) || (st.st_mode & 0100) ? 0755 : 0644);
+    }
+  }
+};
 
 // Reconciles this node's workloads with the server's assignments: starts what should run,
-// stops what should not, and reports phases, exit codes and new log output.
+// stops what should not, restarts services that fail their health check, runs execs, and
+// reports phases, exit codes, restarts, health and new log output.
 struct WorkloadSync {
   http::Client& client;
   const std::vector<std::pair<std::string, std::string>>& auth;
-  Executor& executor;
+  Executor& executor;  // workloads (assignments)
+  Executor& execs;     // exec commands run inside instances
+  HealthMonitor& health;
   std::string run_as;
-  std::map<std::string, std::string> reported;  // assignment id -> phase reported
-  std::map<std::string, int64_t> log_sent;      // assignment id -> log bytes shipped
+  NodeFiles files;                           // the engine and models, for {engine:..}/{model:..}
+  std::map<std::string, json> reported;      // assignment id -> what was last reported
+  std::map<std::string, int64_t> log_sent;   // assignment id -> log bytes the server has
+  std::map<std::string, int> seen_restarts;  // assignment id -> its restarts when last looked
+  std::map<std::string, std::string> exec_reported;  // exec id -> status last reported
+  std::map<std::string, int64_t> exec_sent;          // exec id -> output bytes the server has
 
   void once() {
     executor.tick();
+    execs.tick();
     auto r = client.request("GET", "/agent/v1/assignments", "", auth);
     if (r.status != 200) {
       spdlog::warn("assignments: {}", error_message(r));
       return;
     }
-    json list = json::parse(r.body)["data"];
-    std::set<std::string> wanted;
-    for (const auto& a : list) {
+    json body = json::parse(r.body);
+    std::map<std::string, json> assignments;
+    for (const auto& a : body["data"]) {
       std::string id = a["id"];
-      wanted.insert(id);
+      assignments[id] = a;
+      if (!log_sent.count(id)) log_sent[id] = a.value("log_total", int64_t(0));  // a restarted agent goes on
       ProcessState st = executor.state(id);
       if (a.value("desired", "run") == "hold") continue;  // placed, waiting for preempted work to leave
       if (a.value("desired", "run") == "stop") {
         if (st.phase == ProcessState::kRunning) executor.stop(id, a.value("grace_ms", int64_t(30000)));
-        if (st.phase == ProcessState::kUnknown) report(id, "exited", 128 + SIGTERM);  // stopped before it started
+        if (st.phase == ProcessState::kUnknown) report_unstarted(id, 128 + SIGTERM);  // stopped before it started
         continue;
       }
       if (st.phase == ProcessState::kUnknown) {
         SandboxSpec spec;
         spec.id = id;
         spec.argv = a["command"].get<std::vector<std::string>>();
+        int port = 0;
+        try {
+          port = port_of(id, a);
+          files.resolve(spec.argv, port);
+        } catch (const std::exception& e) {
+          spdlog::error("cannot start {}: {}", id, e.what());
+          report_unstarted(id, 127);
+          continue;
+        }
         spec.env = a["env"].get<std::map<std::string, std::string>>();
+        if (port != 0) spec.env["AICLOUD_PORT"] = std::to_string(port);
         spec.gpus = a["gpus"].get<std::vector<int>>();
         spec.memory_bytes = a.value("memory_bytes", int64_t(0));
         spec.run_as = run_as;
+        spec.restart_always = a.value("restart_policy", "never") == "always";
         std::string err;
         if (!executor.start(spec, &err)) {
           spdlog::error("cannot start {}: {}", id, err);
-          report(id, "exited", 126);
+          report_unstarted(id, 126);
           continue;
         }
         spdlog::info("started {} (rank {} of {})", id, a.value("rank", 0), a.value("world_size", 1));
@@ -139,38 +253,216 @@ struct WorkloadSync {
     // Report what runs and what ended; stop what the server no longer wants (no orphans).
     for (const auto& id : executor.known()) {
       ProcessState st = executor.state(id);
-      if (!wanted.count(id)) {
+      auto it = assignments.find(id);
+      if (it == assignments.end()) {
+        health.unwatch(id);
         if (st.phase == ProcessState::kRunning) {
           executor.stop(id, 10000);
         } else {
           executor.forget(id);
+          std::error_code ec;
+          fs::remove(fs::path(files.work_dir) / "ports" / id, ec);
           reported.erase(id);
           log_sent.erase(id);
+          seen_restarts.erase(id);
         }
         continue;
       }
-      if (st.phase == ProcessState::kRunning) report(id, "running", -1);
-      if (st.phase == ProcessState::kExited) report(id, "exited", st.exit_code);
+      if (st.phase == ProcessState::kRunning) {
+        check_health(id, it->second, st);
+        report(id, "running", -1, st);
+      } else if (st.phase == ProcessState::kExited) {
+        health.unwatch(id);
+        report(id, "exited", st.exit_code, st);
+      }
+    }
+    sync_execs(body.value("execs", json::array()), assignments);
+  }
+
+  // A service's port: the one the server fixed, else one this node chose (a free one, kept in
+  // the work dir so that a restarted agent finds the port its running replica listens on).
+  int port_of(const std::string& id, const json& a) {
+    int fixed = a.value("port", 0);
+    if (fixed != 0 || !a.contains("health_check")) return fixed;
+    if (int p = chosen_port(id)) return p;
+    int p = pick_free_port();
+    fs::create_directories(fs::path(files.work_dir) / "ports");
+    std::ofstream(fs::path(files.work_dir) / "ports" / id) << p << "\n";
+    return p;
+  }
+  int chosen_port(const std::string& id) {
+    std::ifstream f(fs::path(files.work_dir) / "ports" / id);
+    int p = 0;
+    return (f >> p) ? p : 0;
+  }
+  static int pick_free_port() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    socklen_t len = sizeof a;
+    int p = 0;
+    if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+      p = ntohs(a.sin_port);
+    }
+    if (fd >= 0) ::close(fd);
+    if (p == 0) throw std::runtime_error("no free port on this node");
+    return p;
+  }
+
+  // Services: probe while they should run; restart one that fails its check.
+  void check_health(const std::string& id, const json& a, const ProcessState& st) {
+    if (!a.contains("health_check") || !a["health_check"].is_object() || a.value("desired", "run") != "run") {
+      health.unwatch(id);
+      return;
+    }
+    HealthCheck hc = health_check_of(a);
+    hc.port = port_of(id, a);
+    health.watch(id, hc);
+    auto seen = seen_restarts.find(id);
+    if (seen == seen_restarts.end()) {
+      seen_restarts[id] = st.restarts;
+    } else if (seen->second != st.restarts) {  // the process exited and was started again
+      seen->second = st.restarts;
+      health.reset(id, "restarted; waiting for the health check");
+    }
+    auto hs = health.state(id);
+    if (hs && hs->failing) {
+      std::string why = hs->ever_healthy
+                            ? "the health check failed " + std::to_string(hs->consecutive_failures) + " times in a row (" +
+                                  hs->message + ")"
+                            : "not healthy within startup_timeout_seconds (" + hs->message + ")";
+      spdlog::warn("{}: {}; restarting it", id, why);
+      executor.restart(id, why);
+      health.reset(id, "restarting: " + why);
     }
   }
 
-  void report(const std::string& id, const std::string& phase, int exit_code) {
-    int64_t total = 0;
-    std::string chunk = executor.read_log(id, log_sent[id], 256 * 1024, &total);
-    if (reported[id] == phase && chunk.empty()) return;
-    json body = {{"phase", phase}};
-    if (phase == "exited") body["exit_code"] = exit_code;
+  // An assignment that never ran here (stopped before it started, or could not start).
+  void report_unstarted(const std::string& id, int exit_code) {
+    json body = {{"phase", "exited"}, {"exit_code", exit_code}};
+    auto r = client.request("POST", "/agent/v1/assignments/" + id + "/status", dump_json(body), auth);
+    if (r.status != 200) spdlog::warn("report {}: {}", id, error_message(r));
+  }
+
+  void report(const std::string& id, std::string phase, int exit_code, const ProcessState& st) {
+    int64_t total = 0, start = 0;
+    std::string chunk = executor.read_log(id, log_sent[id], kChunk, &total, &start);
+    bool last = start + int64_t(chunk.size()) >= total;
+    // "exited" goes with the last of the output: the server stops listing an exited assignment,
+    // and the agent then forgets its directory.
+    if (phase == "exited" && !last) phase = "running";
+    if (phase == "running") chunk.resize(utf8_complete(chunk));
+    json state = {{"phase", phase}, {"restarts", st.restarts}};
+    if (int p = chosen_port(id)) state["port"] = p;
+    if (phase == "exited") state["exit_code"] = exit_code;
+    if (auto hs = health.state(id); hs && hs->checked) {
+      state["health"] = {{"healthy", hs->healthy}, {"consecutive_failures", hs->consecutive_failures},
+                         {"message", hs->message}};
+    }
+    if (reported[id] == state && chunk.empty()) return;
+    json body = state;
     if (!chunk.empty()) {
       body["log"] = chunk;  // dump_json replaces invalid UTF-8
-      body["log_total"] = log_sent[id] + int64_t(chunk.size());
+      body["log_total"] = start + int64_t(chunk.size());
     }
     auto r = client.request("POST", "/agent/v1/assignments/" + id + "/status", dump_json(body), auth);
     if (r.status == 200) {
-      reported[id] = phase;
-      log_sent[id] += int64_t(chunk.size());
+      reported[id] = state;
+      if (!chunk.empty()) log_sent[id] = start + int64_t(chunk.size());
       if (phase == "exited") spdlog::info("{} exited with {}", id, exit_code);
     } else {
       spdlog::warn("report {}: {}", id, error_message(r));
+    }
+  }
+
+  // Execs: commands run inside a running instance, in its sandbox context (its user, env with
+  // its GPUs, its work dir, its cgroup), each in a process group of its own, killed at timeout.
+  void sync_execs(const json& list, const std::map<std::string, json>& assignments) {
+    std::set<std::string> wanted;
+    for (const auto& e : list) {
+      std::string id = e.value("id", "");
+      if (id.empty()) continue;
+      wanted.insert(id);
+      if (!exec_sent.count(id)) exec_sent[id] = e.value("output_total", int64_t(0));
+      std::string asg = e.value("assignment_id", "");
+      auto a = assignments.find(asg);
+      bool instance_running = a != assignments.end() && a->second.value("desired", "run") == "run" &&
+                              executor.state(asg).phase == ProcessState::kRunning;
+      ProcessState st = execs.state(id);
+      if (st.phase == ProcessState::kUnknown) {
+        if (e.value("status", "pending") != "pending") {
+          exec_failed(id, "the agent has no record of this command (its work dir was lost)");
+          continue;
+        }
+        if (!instance_running) {
+          exec_failed(id, "the instance is not running on this node");
+          continue;
+        }
+        const json& as = a->second;
+        SandboxSpec spec;
+        spec.id = id;
+        spec.argv = e["command"].get<std::vector<std::string>>();
+        spec.env = as["env"].get<std::map<std::string, std::string>>();
+        spec.gpus = as["gpus"].get<std::vector<int>>();
+        spec.memory_bytes = as.value("memory_bytes", int64_t(0));
+        spec.run_as = run_as;
+        spec.cwd = executor.dir(asg) + "/work";
+        spec.cgroup = asg;
+        spec.timeout_ms = e.value("timeout_seconds", int64_t(60)) * 1000;
+        spec.log_cap_bytes = 1 << 20;
+        std::string err;
+        if (!execs.start(spec, &err)) {
+          exec_failed(id, "cannot start: " + err);
+          continue;
+        }
+        spdlog::info("exec {} in {}", id, asg);
+        st = execs.state(id);
+      }
+      if (st.phase == ProcessState::kRunning && !instance_running) execs.stop(id, 2000);
+      report_exec(id, st);
+    }
+    for (const auto& id : execs.known()) {
+      if (wanted.count(id)) continue;
+      if (execs.state(id).phase == ProcessState::kRunning) {
+        execs.stop(id, 2000);
+      } else {
+        execs.forget(id);
+        exec_reported.erase(id);
+        exec_sent.erase(id);
+      }
+    }
+  }
+
+  void exec_failed(const std::string& id, const std::string& why) {
+    auto r = client.request("POST", "/agent/v1/execs/" + id + "/status",
+                            dump_json({{"status", "exited"}, {"error", why}}), auth);
+    if (r.status != 200) spdlog::warn("report exec {}: {}", id, error_message(r));
+  }
+
+  void report_exec(const std::string& id, const ProcessState& st) {
+    int64_t total = 0, start = 0;
+    std::string chunk = execs.read_log(id, exec_sent[id], kChunk, &total, &start);
+    bool last = start + int64_t(chunk.size()) >= total;
+    std::string status = st.phase == ProcessState::kExited && last ? "exited" : "running";
+    if (status == "running") chunk.resize(utf8_complete(chunk));
+    if (exec_reported[id] == status && chunk.empty()) return;
+    json body = {{"status", status}};
+    if (status == "exited") {
+      body["exit_code"] = st.exit_code;
+      body["timed_out"] = st.timed_out;
+    }
+    if (!chunk.empty()) {
+      body["output"] = chunk;
+      body["output_total"] = start + int64_t(chunk.size());
+    }
+    auto r = client.request("POST", "/agent/v1/execs/" + id + "/status", dump_json(body), auth);
+    if (r.status == 200) {
+      exec_reported[id] = status;
+      if (!chunk.empty()) exec_sent[id] = start + int64_t(chunk.size());
+    } else {
+      spdlog::warn("report exec {}: {}", id, error_message(r));
     }
   }
 };
@@ -195,6 +487,8 @@ int agent_command(int argc, char** argv) {
   cli.add_option("--address", address, "the address other nodes reach this one at (default: the node name)");
   cli.add_option("--run-as", run_as, "run workloads as this user (default when root: nobody; \"\" = the agent's user)")
       ->capture_default_str();
+  std::string engine_dir_flag;
+  cli.add_option("--engine-dir", engine_dir_flag, "the llama.cpp engine build to run model replicas with (default: make engine's)");
   cli.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   try {
     cli.parse(argc, argv);
@@ -278,11 +572,15 @@ int agent_command(int argc, char** argv) {
 
     std::vector<std::pair<std::string, std::string>> auth = {{"authorization", "Bearer " + cred->node_key},
                                                              {"content-type", "application/json"}};
-    int64_t interval = 5000, backoff = 500;
+    int64_t interval = 5000, backoff = 250;
     int64_t next_beat = 0;
     std::string last_state;
     Executor executor((fs::path(work_dir) / "workloads").string(), self_exe());
-    WorkloadSync sync{client, auth, executor, run_as, {}, {}};
+    Executor execs((fs::path(work_dir) / "execs").string(), self_exe());
+    HealthMonitor health;
+    NodeFiles files{server, cred->node_key, work_dir, engine_dir_flag};
+    WorkloadSync sync{client, auth, executor, execs, health, run_as, files, {}, {}, {}, {}, {}};
+    std::mt19937 rng(std::random_device{}());
     while (!g_stop) {
       try {
         if (now_ms() >= next_beat) {
@@ -304,12 +602,15 @@ int agent_command(int argc, char** argv) {
           next_beat = now_ms() + interval;
         }
         sync.once();
-        backoff = 500;
+        backoff = 250;
         sleep_interruptible(std::min<int64_t>(interval, kSyncMs));
       } catch (const http::ConnectionError& e) {
-        spdlog::warn("server unreachable: {}; retrying in {} ms (workloads keep running)", e.what(), backoff);
-        sleep_interruptible(backoff);
-        backoff = std::min<int64_t>(backoff * 2, 30'000);
+        // Backoff with jitter, but at least one try per heartbeat interval: a restarted server
+        // gives each node one lease term (3 intervals) to check in before it counts it lost.
+        int64_t wait = backoff + int64_t(rng() % uint64_t(backoff / 4 + 1));
+        spdlog::warn("server unreachable: {}; retrying in {} ms (workloads keep running)", e.what(), wait);
+        sleep_interruptible(wait);
+        backoff = std::min<int64_t>(backoff * 2, std::clamp<int64_t>(interval, 250, 30'000));
       }
     }
     spdlog::info("agent stopping");

@@ -1,6 +1,10 @@
 // `aicloud agent`: one per node. Joins the server with a join token (once; the node credential
 // it receives is kept in the work dir), reports the node's real CPU, memory and GPUs, and
-// heartbeats. Survives server restarts and dropped connections by retrying with backoff.
+// heartbeats. Runs the workloads assigned to the node (src/agent/executor.h), probes services'
+// health checks and restarts failing ones in place (health.h), runs execs inside instances, and
+// ships logs and output about twice a second. Survives server restarts and dropped connections
+// by retrying with backoff (at least once per heartbeat interval); a restarted agent re-adopts
+// the workloads still running under its work dir.
 #pragma once
 
 namespace aicloud {

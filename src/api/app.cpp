@@ -147,7 +147,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
     // JSON only: a body of another type is refused rather than guessed at, on every route that
     // reads one (login and sign-up too: a browser form may post text/plain cross-site without a
     // preflight, so accepting it would let any web page log a visitor in).
-    if ((spec.mutation || spec.method == "POST") && !c.req.body().empty()) {
+    if ((spec.mutation || spec.method == "POST") && !spec.raw && !c.req.body().empty()) {
       auto ct = c.req.find(bhttp::field::content_type);
       std::string_view v = ct == c.req.end() ? std::string_view() : ct->value();
       if (!is_json_media_type(v)) {
@@ -156,6 +156,8 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
                        "unsupported_media_type");
       }
     }
+
+    if (spec.raw) return spec.raw(c);  // checks its own body (the gateway: JSON; uploads: bytes)
 
     if (spec.mutation) {
       c.body = parse_json_body(c.req.body());

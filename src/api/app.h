@@ -28,6 +28,10 @@ struct RouteSpec {
   bool mutation;         // runs in a write transaction, audited, honours Idempotency-Key
   std::string action;    // audit action, e.g. "project.created"
   RouteHandler handler;
+  // Instead of handler, for routes that answer with their own response (the gateway: a proxied
+  // body, possibly streamed through http::ResponseStream). Runs after authentication,
+  // outside any transaction; never a `mutation`. It checks its own Content-Type.
+  std::function<http::Response(Context&)> raw = nullptr;
 };
 
 class App : public http::Handler {
@@ -68,6 +72,9 @@ void add_org_routes(App& app);
 class NodeLeases;
 void add_capacity_routes(App& app, NodeLeases& leases);
 void add_compute_routes(App& app, NodeLeases& leases);
+void add_reservation_routes(App& app);
+void add_usage_routes(App& app);  // metering/usage_routes.cpp  // reservations and quotas
+void add_model_routes(App& app, const std::string& data_dir);  // the model registry (files in DATA_DIR/models)
 
 // The settings object, created with defaults on first read.
 json read_settings(Tx& tx);

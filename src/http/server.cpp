@@ -4,9 +4,13 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <thread>
 #include <vector>
 
+#include "http/stream.h"
 #include "util/log.h"
 
 namespace aicloud::http {
@@ -17,23 +21,45 @@ using tcp = asio::ip::tcp;
 
 class Session;
 
+// One io_context per thread, each run by its own thread (as nginx runs its workers): a
+// connection lives on one thread from accept to close, so its handlers need no strand and no
+// other thread is woken to run them. One io_context shared by N threads cost about a third more
+// CPU per request on 2 cores (cross-thread wake-ups: futex calls and context switches; see
+// docs/PERFORMANCE.md). Accepted connections go to the threads in turn.
+static int thread_count(const ServerOptions& o) {
+  return o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 struct Server::Impl {
   ServerOptions opts;
   Handler& handler;
   Server& owner;
-  asio::io_context ioc;
+  // Before the io_contexts: sessions still queued in them at shutdown are destroyed with them
+  // and unregister here.
+  std::mutex sessions_mu;
+  std::set<Session*> sessions;
+
+  std::vector<std::unique_ptr<asio::io_context>> contexts;  // [0] also runs the acceptor, signals, timers
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
+  size_t next_context = 0;
+  asio::io_context& ioc;
   tcp::acceptor acceptor;
   asio::signal_set signals;
   asio::steady_timer drain_timer;
   std::atomic<bool> stopping{false};
   std::chrono::steady_clock::time_point stop_deadline;
 
-  std::mutex sessions_mu;
-  std::set<Session*> sessions;
+  static std::vector<std::unique_ptr<asio::io_context>> make_contexts(int n) {
+    std::vector<std::unique_ptr<asio::io_context>> v;
+    for (int i = 0; i < n; ++i) v.push_back(std::make_unique<asio::io_context>(1));
+    return v;
+  }
 
   Impl(ServerOptions o, Handler& h, Server& s)
-      : opts(std::move(o)), handler(h), owner(s), ioc(opts.threads), acceptor(ioc), signals(ioc, SIGTERM, SIGINT),
-        drain_timer(ioc) {}
+      : opts(std::move(o)), handler(h), owner(s), contexts(make_contexts(thread_count(opts))), ioc(*contexts[0]),
+        acceptor(ioc), signals(ioc, SIGTERM, SIGINT), drain_timer(ioc) {
+    for (auto& c : contexts) keep_running.push_back(asio::make_work_guard(*c));
+  }
 
   void accept();
   void begin_stop();
@@ -153,10 +179,183 @@ class Session : public std::enable_shared_from_this<Session> {
       r = srv_.handler.protocol_error(500, "The server had an error while processing your request.");
     }
     if (!req.keep_alive() || srv_.stopping) r.close = true;
+    if (r.stream) return await_stream(std::move(r), req.version());
     write(std::move(r), req.version());
   }
 
+  // ---- file bodies: the header, then the file in pieces, one write at a time ----
+  void write_file(Response r, unsigned version) {
+    file_fd_ = ::open(r.file_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (file_fd_ < 0) {
+      Response e = srv_.handler.protocol_error(500, "The server could not read a file it was to send.");
+      return write(std::move(e), version);
+    }
+    file_pos_ = r.file_offset;
+    file_left_ = r.file_length;
+    chunk_res_.emplace();
+    chunk_res_->version(version);
+    chunk_res_->result(r.status);
+    chunk_res_->set(bhttp::field::server, "aicloud");
+    chunk_res_->set(bhttp::field::content_type, r.content_type);
+    for (auto& [k, v] : r.headers) chunk_res_->set(k, v);
+    chunk_res_->keep_alive(!r.close);
+    chunk_res_->content_length(r.file_length);
+    chunk_sr_.emplace(*chunk_res_);
+    out_close_ = r.close;
+    stream_.expires_after(std::chrono::seconds(30));
+    bhttp::async_write_header(stream_, *chunk_sr_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->end_file(true);
+      self->write_file_piece();
+    });
+  }
+
+  void write_file_piece() {
+    if (file_left_ == 0) return end_file(false);
+    writing_.resize(size_t(std::min<uint64_t>(file_left_, 256 * 1024)));
+    ssize_t n = ::pread(file_fd_, writing_.data(), writing_.size(), off_t(file_pos_));
+    if (n <= 0) return end_file(true);  // the file shrank under us: the client sees a short body
+    writing_.resize(size_t(n));
+    file_pos_ += uint64_t(n);
+    file_left_ -= uint64_t(n);
+    stream_.expires_after(std::chrono::seconds(30));
+    asio::async_write(stream_, asio::buffer(writing_), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->end_file(true);
+      self->write_file_piece();
+    });
+  }
+
+  void end_file(bool failed) {
+    ::close(file_fd_);
+    file_fd_ = -1;
+    chunk_sr_.reset();
+    chunk_res_.reset();
+    writing_.clear();
+    busy_ = false;
+    if (failed || out_close_) return close();
+    read_request();
+  }
+
+  // ---- responses produced later (http/stream.h) ----
+  // The session holds no io thread while it waits: the producer's notify posts pump() to this
+  // session's strand; pump() writes what has arrived, one write at a time.
+  void await_stream(Response r, unsigned version) {
+    out_ = std::move(r.stream);
+    out_close_ = r.close;
+    out_version_ = version;
+    out_head_sent_ = false;
+    stream_.expires_never();  // the producer bounds its own wait (the gateway's timeouts)
+    watch_peer();
+    std::weak_ptr<Session> weak = weak_from_this();
+    auto ex = stream_.get_executor();
+    out_->attach([weak, ex] {
+      asio::post(ex, [weak] {
+        if (auto self = weak.lock()) self->pump();
+      });
+    });
+  }
+
+  // A client that closes its connection while it waits cancels the producer (the gateway
+  // cancels the upstream request). Readable with nothing to read is the peer's FIN; a pipelined
+  // request's bytes are left for read_request().
+  void watch_peer() {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (!self->out_) return;
+      beast::error_code ec2;
+      if (ec || self->stream_.socket().available(ec2) == 0) {
+        if (ec == asio::error::operation_aborted) return;
+        self->out_->cancel();
+        self->close();
+      }
+    });
+  }
+
+  void pump() {
+    if (!out_ || out_writing_) return;
+    auto p = out_->pull();
+    pending_ += p.data;
+    if (p.head) {
+      if (!p.streaming) {  // the whole response at once
+        auto s = std::move(out_);
+        Response whole = std::move(*p.head);
+        whole.close = whole.close || out_close_;
+        return write_owned(std::move(whole), out_version_, std::move(s));
+      }
+      out_head_ = std::move(*p.head);
+    }
+    if (!out_head_sent_) {
+      if (!out_head_) return;  // nothing yet
+      chunk_res_.emplace();
+      chunk_res_->version(out_version_);
+      chunk_res_->result(out_head_->status);
+      chunk_res_->set(bhttp::field::server, "aicloud");
+      chunk_res_->set(bhttp::field::content_type, out_head_->content_type);
+      for (auto& [k, v] : out_head_->headers) chunk_res_->set(k, v);
+      chunk_res_->keep_alive(!out_close_);
+      chunk_res_->chunked(true);
+      chunk_sr_.emplace(*chunk_res_);
+      out_writing_ = true;
+      stream_.expires_after(std::chrono::seconds(30));
+      bhttp::async_write_header(stream_, *chunk_sr_, [self = shared_from_this()](beast::error_code ec, size_t) {
+        self->out_writing_ = false;
+        self->out_head_sent_ = true;
+        self->stream_.expires_never();
+        if (ec) return self->abort_stream();
+        self->pump();
+      });
+      return;
+    }
+    if (!pending_.empty()) {
+      out_writing_ = true;
+      writing_ = std::move(pending_);
+      pending_.clear();
+      stream_.expires_after(std::chrono::seconds(30));
+      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(writing_)),
+                        [self = shared_from_this()](beast::error_code ec, size_t) {
+                          self->out_writing_ = false;
+                          self->stream_.expires_never();
+                          if (ec) return self->abort_stream();
+                          self->pump();
+                        });
+      return;
+    }
+    if (p.end) {
+      out_writing_ = true;
+      stream_.expires_after(std::chrono::seconds(30));
+      asio::async_write(stream_, bhttp::make_chunk_last(), [self = shared_from_this()](beast::error_code ec, size_t) {
+        self->finish_stream();
+        if (ec || self->out_close_) return self->close();
+        self->read_request();
+      });
+    }
+  }
+
+  void abort_stream() {
+    if (out_) out_->cancel();
+    finish_stream();
+    close();
+  }
+
+  void finish_stream() {
+    stream_.socket().cancel();  // the peer watch
+    out_.reset();
+    out_head_.reset();
+    chunk_sr_.reset();
+    chunk_res_.reset();
+    out_writing_ = false;
+    pending_.clear();
+    writing_.clear();
+    busy_ = false;
+  }
+
+  // write() for a stream's whole reply: keeps the stream alive until written.
+  void write_owned(Response r, unsigned version, std::shared_ptr<ResponseStream> s) {
+    stream_.socket().cancel();  // the peer watch
+    (void)s;
+    write(std::move(r), version);
+  }
+
   void write(Response r, unsigned version) {
+    if (!r.file_path.empty()) return write_file(std::move(r), version);
     res_.emplace();
     res_->version(version);
     res_->result(r.status);
@@ -177,6 +376,10 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void close() {
+    if (out_) {
+      out_->cancel();
+      out_.reset();
+    }
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     stream_.cancel();
@@ -190,10 +393,23 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<bhttp::response<bhttp::string_body>> res_;
   std::string remote_;
   bool busy_ = false;
+
+  // A response being produced by a ResponseStream.
+  std::shared_ptr<ResponseStream> out_;
+  std::optional<Response> out_head_;
+  std::optional<bhttp::response<bhttp::empty_body>> chunk_res_;
+  std::optional<bhttp::response_serializer<bhttp::empty_body>> chunk_sr_;
+  std::string pending_, writing_;
+  unsigned out_version_ = 11;
+  bool out_close_ = false, out_head_sent_ = false, out_writing_ = false;
+  // A file body being sent.
+  int file_fd_ = -1;
+  uint64_t file_pos_ = 0, file_left_ = 0;
 };
 
 void Server::Impl::accept() {
-  acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket sock) {
+  asio::io_context& target = *contexts[next_context++ % contexts.size()];
+  acceptor.async_accept(target, [this](beast::error_code ec, tcp::socket sock) {
     if (stopping) return;
     if (!ec) {
       std::make_shared<Session>(std::move(sock), *this)->start();
@@ -220,7 +436,8 @@ void Server::Impl::begin_stop() {
 
 void Server::Impl::drain() {
   if (owner.open_.load() == 0 || std::chrono::steady_clock::now() >= stop_deadline) {
-    ioc.stop();
+    keep_running.clear();
+    for (auto& c : contexts) c->stop();
     return;
   }
   drain_timer.expires_after(std::chrono::milliseconds(20));
@@ -253,9 +470,8 @@ void Server::run() {
     if (!ec) impl_->begin_stop();
   });
   impl_->accept();
-  int n = impl_->opts.threads > 0 ? impl_->opts.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   std::vector<std::thread> threads;
-  for (int i = 1; i < n; ++i) threads.emplace_back([this] { impl_->ioc.run(); });
+  for (size_t i = 1; i < impl_->contexts.size(); ++i) threads.emplace_back([this, i] { impl_->contexts[i]->run(); });
   impl_->ioc.run();
   for (auto& t : threads) t.join();
 }

@@ -2,6 +2,7 @@
 #pragma once
 #include <boost/beast/http.hpp>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,12 +12,20 @@ namespace aicloud::http {
 namespace bhttp = boost::beast::http;
 using Request = bhttp::request<bhttp::string_body>;
 
+class ResponseStream;  // http/stream.h
+
 struct Response {
   unsigned status = 200;
   std::string body;
   std::string content_type = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;
   bool close = false;  // close the connection after this response
+  // Set: the response comes later from this stream (http/stream.h); the fields above are unused.
+  std::shared_ptr<ResponseStream> stream;
+  // Set: the body is bytes [file_offset, file_offset + file_length) of this file, read from disk
+  // as the socket takes them (model weights: gigabytes, never held in memory). `body` unused.
+  std::string file_path;
+  uint64_t file_offset = 0, file_length = 0;
 };
 
 }  // namespace aicloud::http

@@ -11,6 +11,9 @@
 
 #include "api/app.h"
 #include "capacity/leases.h"
+#include "gateway/gateway.h"
+#include "metering/meter.h"
+#include "models/deployments.h"
 #include "workloads/controller.h"
 #include "identity/crypto.h"
 #include "util/log.h"
@@ -154,9 +157,19 @@ int server_command(int argc, char** argv) {
     NodeLeases leases(heartbeat_ms);
     add_capacity_routes(app, leases);
     add_compute_routes(app, leases);
+    add_reservation_routes(app);
+    add_model_routes(app, data_dir);
+
+    // The gateway proxies on the server's own io threads; usage records are group-committed.
+    Meter meter(*store);
+    gateway::ReplicaDirectory replicas;
+    http::Server server(so, app);
+    gateway::Gateway gw(server.io(), meter, replicas);
+    gw.add_routes(app);
+    add_deployment_routes(app);
+    add_usage_routes(app);
     app.finalize();
 
-    http::Server server(so, app);
     app.set_connection_gauge([&server] { return server.open_connections(); });
     std::string url = "http://" + (so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host) + ":" +
                       std::to_string(server.port());
@@ -168,6 +181,8 @@ int server_command(int argc, char** argv) {
     co.preemption_notice_ms = preemption_notice_ms;
     SchedulerController controller(*store, leases, co);
     controller.start();
+    DeploymentController deployments(*store, replicas);
+    deployments.start();
     boost::asio::steady_timer flush_timer(server.io());
     schedule_flush(flush_timer, app.auth());
 
@@ -185,6 +200,7 @@ int server_command(int argc, char** argv) {
     std::cout << std::flush;
     spdlog::info("listening on {}", url);
     server.run();
+    deployments.stop();
     controller.stop();
     flush_timer.cancel();
     app.auth().flush_last_used();

@@ -49,6 +49,28 @@ CREATE TABLE idempotency (
   PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 )sql",
+      // 1 -> 2: usage records (metering). One row per finished model request; append-only,
+      // group-committed; aggregated by time bucket for the usage API and billing.
+      R"sql(
+CREATE TABLE usage_records (
+  seq            INTEGER PRIMARY KEY,
+  ts_ms          INTEGER NOT NULL,
+  org_id         TEXT NOT NULL,
+  project_id     TEXT NOT NULL,
+  api_key_id     TEXT NOT NULL,
+  model          TEXT NOT NULL,
+  deployment_id  TEXT NOT NULL,
+  region         TEXT NOT NULL,
+  endpoint       TEXT NOT NULL,
+  input_tokens   INTEGER NOT NULL,
+  output_tokens  INTEGER NOT NULL,
+  cached_tokens  INTEGER NOT NULL,
+  latency_ms     INTEGER NOT NULL,
+  status         INTEGER NOT NULL,
+  request_id     TEXT NOT NULL
+);
+CREATE INDEX usage_org_ts ON usage_records(org_id, ts_ms);
+)sql",
   };
   return m;
 }

@@ -308,6 +308,55 @@ class SqliteTx final : public Tx {
     st.step();
   }
 
+  void usage_append(UsageRecord& r) override {
+    require_write();
+    Stmt st(*conn_,
+            "INSERT INTO usage_records(ts_ms, org_id, project_id, api_key_id, model, deployment_id, region, endpoint, "
+            "input_tokens, output_tokens, cached_tokens, latency_ms, status, request_id) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    st.bind(r.ts_ms).bind(r.org_id).bind(r.project_id).bind(r.api_key_id).bind(r.model).bind(r.deployment_id);
+    st.bind(r.region).bind(r.endpoint).bind(r.input_tokens).bind(r.output_tokens).bind(r.cached_tokens);
+    st.bind(r.latency_ms).bind(int64_t(r.status)).bind(r.request_id);
+    st.step();
+    r.seq = sqlite3_last_insert_rowid(conn_->db());
+  }
+  std::vector<UsageRow> usage_sum(const UsageQuery& q) override {
+    std::string groups = "b";
+    if (q.by_project) groups += ", project_id";
+    if (q.by_key) groups += ", api_key_id";
+    if (q.by_model) groups += ", model";
+    std::string sql =
+        "SELECT (ts_ms - ?) / ? AS b, " + std::string(q.by_project ? "project_id" : "''") + ", " +
+        (q.by_key ? "api_key_id" : "''") + ", " + (q.by_model ? "model" : "''") +
+        ", SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), COUNT(*) FROM usage_records "
+        "WHERE org_id=? AND ts_ms>=? AND ts_ms<?";
+    if (!q.project_id.empty()) sql += " AND project_id=?";
+    if (!q.api_key_id.empty()) sql += " AND api_key_id=?";
+    if (!q.model.empty()) sql += " AND model=?";
+    if (!q.endpoint.empty()) sql += " AND endpoint=?";
+    sql += " GROUP BY " + groups + " ORDER BY " + groups;
+    Stmt st(*conn_, sql);
+    st.bind(q.start_ms).bind(q.bucket_ms).bind(q.org_id).bind(q.start_ms).bind(q.end_ms);
+    if (!q.project_id.empty()) st.bind(q.project_id);
+    if (!q.api_key_id.empty()) st.bind(q.api_key_id);
+    if (!q.model.empty()) st.bind(q.model);
+    if (!q.endpoint.empty()) st.bind(q.endpoint);
+    std::vector<UsageRow> out;
+    while (st.step()) {
+      UsageRow r;
+      r.bucket_start_ms = q.start_ms + st.integer(0) * q.bucket_ms;
+      r.project_id = st.text(1);
+      r.api_key_id = st.text(2);
+      r.model = st.text(3);
+      r.input_tokens = st.integer(4);
+      r.output_tokens = st.integer(5);
+      r.cached_tokens = st.integer(6);
+      r.requests = st.integer(7);
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
   void commit() override;
 
  private:

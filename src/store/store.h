@@ -76,6 +76,33 @@ struct IdempotencyRecord {
   int64_t created_at = 0;
 };
 
+// One finished model request, as metered by the gateway (billing reads these).
+struct UsageRecord {
+  int64_t seq = 0;
+  int64_t ts_ms = 0;
+  std::string org_id, project_id, api_key_id, model, deployment_id, region;
+  std::string endpoint;  // "chat.completions", "completions", "embeddings"
+  int64_t input_tokens = 0, output_tokens = 0, cached_tokens = 0;
+  int64_t latency_ms = 0;
+  int status = 0;  // the HTTP status the client got
+  std::string request_id;
+};
+
+// Usage summed per time bucket (and optionally per project, key, model) for one organization.
+struct UsageQuery {
+  std::string org_id;
+  int64_t start_ms = 0, end_ms = 0;  // [start, end)
+  int64_t bucket_ms = 86'400'000;
+  bool by_project = false, by_key = false, by_model = false;
+  std::string project_id, api_key_id, model;  // filters: "" = any
+  std::string endpoint;                        // "" = any
+};
+struct UsageRow {
+  int64_t bucket_start_ms = 0;
+  std::string project_id, api_key_id, model;  // set when grouped by them
+  int64_t input_tokens = 0, output_tokens = 0, cached_tokens = 0, requests = 0;
+};
+
 // A transaction. Destroyed without commit() = rolled back. Not thread-safe: one per request.
 class Tx {
  public:
@@ -101,6 +128,10 @@ class Tx {
 
   virtual std::optional<IdempotencyRecord> idempotency_get(std::string_view scope, std::string_view key) = 0;
   virtual void idempotency_put(std::string_view scope, std::string_view key, const IdempotencyRecord& r) = 0;
+
+  virtual void usage_append(UsageRecord& r) = 0;  // r.seq is set
+  // Rows ordered by bucket, then by the grouping columns; empty buckets are not returned.
+  virtual std::vector<UsageRow> usage_sum(const UsageQuery& q) = 0;
 
   virtual void commit() = 0;
 };

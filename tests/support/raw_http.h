@@ -122,7 +122,28 @@ class RawConn {
       pos = e + 2;
     }
     std::string cl = r.header("content-length");
-    if (!cl.empty()) {
+    if (r.header("transfer-encoding").find("chunked") != std::string::npos) {
+      while (true) {  // size line, data, CRLF; a zero size, then the (empty) trailer
+        size_t eol2;
+        while ((eol2 = buf_.find("\r\n")) == std::string::npos) {
+          if (!fill(deadline)) return timed_out_or_closed(r);
+        }
+        size_t n = std::stoul(buf_.substr(0, eol2), nullptr, 16);
+        buf_.erase(0, eol2 + 2);
+        if (n == 0) {
+          while (buf_.find("\r\n") == std::string::npos) {
+            if (!fill(deadline)) return timed_out_or_closed(r);
+          }
+          buf_.erase(0, buf_.find("\r\n") + 2);
+          break;
+        }
+        while (buf_.size() < n + 2) {
+          if (!fill(deadline)) return timed_out_or_closed(r);
+        }
+        r.body += buf_.substr(0, n);
+        buf_.erase(0, n + 2);
+      }
+    } else if (!cl.empty()) {
       size_t n = std::stoul(cl);
       while (buf_.size() < n) {
         if (!fill(deadline)) {
@@ -157,6 +178,12 @@ class RawConn {
   int fd() const { return fd_; }
 
  private:
+  RawResponse timed_out_or_closed(RawResponse r) {
+    r.timed_out = timed_out_;
+    r.closed = !timed_out_;
+    return r;
+  }
+
   // Reads more into buf_; false on EOF, reset or timeout (timed_out_ tells which).
   bool fill(std::chrono::steady_clock::time_point deadline) {
     timed_out_ = false;

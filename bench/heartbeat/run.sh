@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The control plane under 10,000 node agents: join them, then measure their heartbeats.
+#
+#   bench/heartbeat/run.sh        (or: make bench-heartbeat; figures in docs/PERFORMANCE.md)
+#
+# Builds nothing: it runs build/aicloud and build/bench/agent_load (AICLOUD_BIN, AGENT_LOAD
+# override). It starts a server with a fresh data dir on 127.0.0.1, creates a region and a join
+# token with the operator key (DATA_DIR/admin.key), joins AGENTS nodes through POST
+# /agent/v1/join (each gets its own node credential), then, with one keep-alive connection per
+# agent as the real agent holds:
+#   idle:     every connection open, nothing sent: the server's own background CPU (the
+#             scheduler controller's rounds) with AGENTS nodes stored;
+#   beat:     each agent sends POST /agent/v1/heartbeat every INTERVAL_MS (10,000 agents at
+#             5 s = 2,000/s), open loop, RUNS times: server CPU (utime + stime from
+#             /proc/PID/stat) over the window, latency p50/p99 measured from when each beat
+#             was due;
+#   agent:    (POLL_MS > 0) the real agent's whole loop: the beats plus GET
+#             /agent/v1/assignments every POLL_MS per agent (src/agent/agent.cpp polls every
+#             500 ms: 20,000/s more at 10,000 agents);
+#   saturate: closed loop over SAT_CONNS agents: the most heartbeats per second.
+# Knobs (environment), with their defaults:
+#   AGENTS=10000 INTERVAL_MS=5000 SECONDS_PER_RUN=30 WARMUP=5 RUNS=3 POLL_MS=500 (0 = skip the agent case)
+#   SAT_CONNS=64 SAT_SECONDS=10 JOIN_CONCURRENCY=32 SERVER_THREADS=2 SYNC=full LOG_LEVEL=warn
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${AICLOUD_BIN:-$ROOT/build/aicloud}
+LOAD=${AGENT_LOAD:-$ROOT/build/bench/agent_load}
+AGENTS=${AGENTS:-10000}
+INTERVAL_MS=${INTERVAL_MS:-5000}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-30}
+WARMUP=${WARMUP:-5}
+RUNS=${RUNS:-3}
+POLL_MS=${POLL_MS:-500}
+SAT_CONNS=${SAT_CONNS:-64}
+SAT_SECONDS=${SAT_SECONDS:-10}
+JOIN_CONCURRENCY=${JOIN_CONCURRENCY:-32}
+SERVER_THREADS=${SERVER_THREADS:-2}
+SYNC=${SYNC:-full}
+LOG_LEVEL=${LOG_LEVEL:-warn}
+
+die() { echo "bench: $*" >&2; exit 1; }
+[ -x "$BIN" ] || die "$BIN not found: build it first (make build)"
+[ -x "$LOAD" ] || die "$LOAD not found: build it first (make build; the bench targets are on by default)"
+command -v curl >/dev/null || die "curl not found: run scripts/setup.sh"
+# One socket per agent on each side (the server and the generator are separate processes).
+want_fds=$((AGENTS + 256))
+if [ "$(ulimit -n)" -lt "$want_fds" ]; then
+  ulimit -n "$want_fds" 2>/dev/null || die "ulimit -n is $(ulimit -n); $want_fds needed for $AGENTS agents"
+fi
+
+TMP=$(mktemp -d /tmp/aicloud-hb-XXXXXX)
+SERVER_PID=""
+cleanup() {
+  local rc=$?
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ "$rc" -ne 0 ] && [ -f "$TMP/server.log" ]; then
+    echo "bench: failed; last lines of the server log:" >&2
+    tail -n 20 "$TMP/server.log" >&2 || true
+  fi
+  if [ -n "${KEEP_TMP:-}" ]; then echo "bench: kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$BIN" server --listen 127.0.0.1:0 --data-dir "$TMP/data" --log-level "$LOG_LEVEL" --threads "$SERVER_THREADS" \
+  --sync "$SYNC" --heartbeat-interval-ms "$INTERVAL_MS" >"$TMP/server.log" 2>&1 &
+SERVER_PID=$!
+URL=""
+for _ in $(seq 150); do
+  kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start"
+  if [ -s "$TMP/data/server.url" ]; then
+    URL=$(head -n1 "$TMP/data/server.url")
+    curl -sf "$URL/healthz" >/dev/null 2>&1 && break
+  fi
+  URL=""
+  sleep 0.1
+done
+[ -n "$URL" ] || die "the server did not become healthy in 15 s"
+[[ "$URL" == http://127.0.0.1:* ]] || die "unexpected server URL $URL (want 127.0.0.1)"
+OPERATOR_KEY=$(head -n1 "$TMP/data/admin.key")
+
+api() {  # api METHOD PATH BODY: prints the body; fails unless the status is 2xx
+  local out code
+  out=$(curl -sS -X "$1" "$URL$2" -H "Authorization: Bearer $OPERATOR_KEY" -H 'Content-Type: application/json' \
+    ${3:+--data "$3"} -w $'\n%{http_code}')
+  code=${out##*$'\n'}
+  out=${out%$'\n'*}
+  [[ "$code" == 2* ]] || die "$1 $2: HTTP $code: $out"
+  printf '%s' "$out"
+}
+api POST /admin/v1/regions '{"id":"bench-1","name":"Bench 1","jurisdiction":"EU"}' >/dev/null
+TOKEN=$(api POST /admin/v1/join_tokens "{\"region\":\"bench-1\",\"max_uses\":$AGENTS,\"description\":\"heartbeat bench\"}" |
+  sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+[[ "$TOKEN" == ajt-* ]] || die "could not create a join token"
+
+echo "aicloud heartbeat benchmark: $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n1)), $(uname -sr)"
+echo "  aicloud $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') at $URL: --threads $SERVER_THREADS --sync $SYNC --log-level $LOG_LEVEL"
+echo "  $AGENTS agents, one keep-alive connection each; heartbeat every $INTERVAL_MS ms; $RUNS runs x $SECONDS_PER_RUN s after $WARMUP s warm-up"
+echo
+
+echo "join: $AGENTS nodes, $JOIN_CONCURRENCY at a time (each join is a write transaction, audited)"
+"$LOAD" join --url "$URL" --token "$TOKEN" --nodes "$AGENTS" --concurrency "$JOIN_CONCURRENCY" --out "$TMP/keys.txt" |
+  tee "$TMP/join.txt"
+echo
+
+RESULTS=$TMP/results.txt
+: >"$RESULTS"
+record() { sed -n "s/^RESULT /$1 /p" >>"$RESULTS"; }
+
+echo "idle: $AGENTS connections open, no requests ($SECONDS_PER_RUN s)"
+# --interval-ms 0: the connections open, nothing is sent.
+"$LOAD" beat --url "$URL" --keys "$TMP/keys.txt" --agents "$AGENTS" --interval-ms 0 --seconds "$SECONDS_PER_RUN" \
+  --warmup 1 --pid "$SERVER_PID" | tee "$TMP/out.txt" | grep -v '^RESULT'
+record idle <"$TMP/out.txt"
+echo
+
+for r in $(seq "$RUNS"); do
+  echo "beat run $r:"
+  "$LOAD" beat --url "$URL" --keys "$TMP/keys.txt" --agents "$AGENTS" --interval-ms "$INTERVAL_MS" \
+    --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" --pid "$SERVER_PID" | tee "$TMP/out.txt" | grep -v '^RESULT'
+  record beat <"$TMP/out.txt"
+done
+echo
+if [ "$POLL_MS" -gt 0 ]; then
+  for r in $(seq "$RUNS"); do
+    echo "agent run $r (heartbeats + assignment polls every $POLL_MS ms):"
+    "$LOAD" beat --url "$URL" --keys "$TMP/keys.txt" --agents "$AGENTS" --interval-ms "$INTERVAL_MS" --poll-ms "$POLL_MS" \
+      --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" --pid "$SERVER_PID" | tee "$TMP/out.txt" | grep -v '^RESULT'
+    record agent <"$TMP/out.txt"
+  done
+  echo
+fi
+for r in $(seq "$RUNS"); do
+  echo "saturate run $r ($SAT_CONNS connections, closed loop):"
+  "$LOAD" saturate --url "$URL" --keys "$TMP/keys.txt" --connections "$SAT_CONNS" --seconds "$SAT_SECONDS" \
+    --pid "$SERVER_PID" | tee "$TMP/out.txt" | grep -v '^RESULT'
+  record saturate <"$TMP/out.txt"
+done
+
+# median CASE KEY: the median of KEY=value over that case's runs.
+median() {
+  sed -n "s/^$1 .*[ ]$2=\([-0-9.]*\).*/\1/p" "$RESULTS" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+ms() { awk -v v="$1" 'BEGIN { printf "%.2f", v / 1000 }'; }
+echo
+echo "Medians ($RUNS runs; CPU in cores, 1.00 = one core busy; the machine has $(nproc)):"
+printf '%-58s %9s %9s %9s %10s %10s\n' case "req/s" "p50 ms" "p99 ms" "server CPU" "generator"
+printf '%-58s %9s %9s %9s %10s %10s\n' "idle: $AGENTS connections, nothing sent" "0" "-" "-" \
+  "$(median idle server_cpu)" "$(median idle generator_cpu)"
+printf '%-58s %9.0f %9s %9s %10s %10s\n' "heartbeats: $AGENTS agents every $INTERVAL_MS ms" "$(median beat beat_rate)" \
+  "$(ms "$(median beat beat_p50_us)")" "$(ms "$(median beat beat_p99_us)")" "$(median beat server_cpu)" "$(median beat generator_cpu)"
+if [ "$POLL_MS" -gt 0 ]; then
+  printf '%-58s %9.0f %9s %9s %10s %10s\n' "agent loop: beats + polls every $POLL_MS ms (beats)" "$(median agent beat_rate)" \
+    "$(ms "$(median agent beat_p50_us)")" "$(ms "$(median agent beat_p99_us)")" "$(median agent server_cpu)" "$(median agent generator_cpu)"
+  printf '%-58s %9.0f %9s %9s %10s %10s\n' "agent loop: (assignment polls)" "$(median agent poll_rate)" \
+    "$(ms "$(median agent poll_p50_us)")" "$(ms "$(median agent poll_p99_us)")" "" ""
+fi
+printf '%-58s %9.0f %9s %9s %10s %10s\n' "saturation: heartbeats, $SAT_CONNS connections, closed loop" "$(median saturate beat_rate)" \
+  "$(ms "$(median saturate beat_p50_us)")" "$(ms "$(median saturate beat_p99_us)")" "$(median saturate server_cpu)" "$(median saturate generator_cpu)"
+echo "CPU of everything else on the machine during the heartbeat runs (median): $(median beat other_cpu) cores"

@@ -1,0 +1,410 @@
+#include "gateway/gateway.h"
+
+#include <boost/asio.hpp>
+
+#include <mutex>
+
+#include "http/stream.h"
+#include "models/registry.h"
+#include "util/error.h"
+#include "util/json_util.h"
+#include "util/log.h"
+#include "util/time.h"
+
+namespace aicloud::gateway {
+
+namespace asio = boost::asio;
+
+namespace {
+
+http::Response error_reply(const ApiError& e, const std::string& request_id) {
+  http::Response r;
+  r.status = unsigned(e.status);
+  r.body = dump_json(e.to_json());
+  r.headers.emplace_back("x-request-id", request_id);
+  return r;
+}
+
+// Token counts from an OpenAI-shaped `usage` (and llama-server's `timings` for cached tokens).
+void read_usage(const json& j, UsageRecord& rec) {
+  auto u = j.find("usage");
+  if (u == j.end() || !u->is_object()) return;
+  rec.input_tokens = u->value("prompt_tokens", int64_t(0));
+  rec.output_tokens = u->value("completion_tokens", int64_t(0));
+  auto d = u->find("prompt_tokens_details");
+  if (d != u->end() && d->is_object()) rec.cached_tokens = d->value("cached_tokens", int64_t(0));
+  auto t = j.find("timings");
+  if (rec.cached_tokens == 0 && t != j.end() && t->is_object()) rec.cached_tokens = t->value("cache_n", int64_t(0));
+}
+
+bool is_json_type(std::string_view v) {
+  std::string_view t = v.substr(0, v.find(';'));
+  while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
+  return t.size() == 16 && strncasecmp(t.data(), "application/json", 16) == 0;
+}
+
+}  // namespace
+
+// One request in flight. Owned by the callbacks that refer to it (upstream call, stream cancel,
+// wake wait, meter); it goes away when the last of them has run.
+struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
+  Gateway& gw;
+  std::shared_ptr<http::ResponseStream> out = std::make_shared<http::ResponseStream>();
+  std::string endpoint, path, model, org, request_id;
+  std::string body;  // sent upstream
+  bool stream = false, client_wants_usage = false;
+  int64_t t0_ms = now_ms();
+  UsageRecord rec;
+
+  std::mutex mu;  // guards the fields below: the upstream strand, the io thread of a wake, the cancel
+  std::optional<Pick> pick;
+  std::vector<std::string> tried;
+  int attempts = 0;
+  std::shared_ptr<http::UpstreamCall> call;
+  uint64_t waiter = 0;
+  std::unique_ptr<asio::steady_timer> wake_timer;
+  bool waiting = false, cancelled = false, done = false;
+
+  // The upstream's response: touched only by the upstream callbacks, which run one at a time.
+  unsigned status = 0;
+  std::string content_type;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string whole;    // non-streamed body (or an error body)
+  std::string sse_buf;  // a streamed body's incomplete event
+  std::string held;     // "data: [DONE]", held back until the usage record is durable
+  bool head_sent = false;
+
+  explicit Exchange(Gateway& g) : gw(g) {}
+
+  void start() {
+    std::weak_ptr<Exchange> weak = shared_from_this();
+    out->on_cancel([weak] {
+      if (auto self = weak.lock()) self->on_client_gone();
+    });
+    attempt();
+  }
+
+  void attempt() {
+    std::unique_lock lk(mu);
+    if (cancelled || done) return;
+    pick = gw.dir_.pick(model, org, tried);
+    if (!pick) {
+      if (attempts > 0) {
+        lk.unlock();
+        return fail(ApiError(502, "server_error", "No replica of model '" + model + "' could be reached; try again.",
+                             "upstream_unavailable"));
+      }
+      if (waiting) return;
+      return wait_for_replica(lk);
+    }
+    ++attempts;
+    tried.push_back(pick->replica.id);
+    rec.deployment_id = pick->deployment_id;
+    rec.region = pick->replica.region;
+
+    http::Request req{http::bhttp::verb::post, path, 11};
+    req.set(http::bhttp::field::content_type, "application/json");
+    if (!pick->replica.api_key.empty()) req.set(http::bhttp::field::authorization, "Bearer " + pick->replica.api_key);
+    req.set("x-request-id", request_id);
+    req.body() = body;
+    auto self = shared_from_this();
+    http::UpstreamCallbacks cb;
+    cb.on_head = [self](const http::UpstreamHead& h) { self->on_head(h); };
+    cb.on_data = [self](std::string_view d) { self->on_data(d); };
+    cb.on_done = [self](const std::string& err, bool got) { self->on_done(err, got); };
+    Replica r = pick->replica;
+    lk.unlock();
+    auto c = gw.pool_->send(r.host, r.port, std::move(req), std::move(cb), gw.opts_.upstream);
+    lk.lock();
+    call = c;
+    if (cancelled) c->cancel();
+  }
+
+  // Scale from zero: ask the controller for a replica, and wait for one up to the limit.
+  void wait_for_replica(std::unique_lock<std::mutex>& lk) {
+    waiting = true;
+    std::weak_ptr<Exchange> weak = shared_from_this();
+    waiter = gw.dir_.wait_ready(model, [weak, &io = gw.io_] {
+      asio::post(io, [weak] {
+        auto self = weak.lock();
+        if (!self) return;
+        {
+          std::lock_guard lk2(self->mu);
+          if (!self->waiting) return;
+          self->waiting = false;
+          self->wake_timer->cancel();
+        }
+        self->attempt();
+      });
+    });
+    wake_timer = std::make_unique<asio::steady_timer>(gw.io_, gw.opts_.wake_timeout);
+    auto self = shared_from_this();
+    wake_timer->async_wait([self](const boost::system::error_code& ec) {
+      if (ec) return;
+      {
+        std::lock_guard lk2(self->mu);
+        if (!self->waiting) return;
+        self->waiting = false;
+      }
+      self->gw.dir_.cancel_waiter(self->waiter);
+      ApiError e(503, "server_error",
+                 "Model '" + self->model + "' is starting (scaled to zero) and no replica was ready in time; retry shortly.",
+                 "model_starting");
+      self->fail(e, {{"retry-after", "10"}});
+    });
+    std::string m = model, o = org;
+    lk.unlock();
+    gw.dir_.wake(m, o);
+    lk.lock();
+    // A replica may have become ready between pick() and wait_ready(): try once more.
+    if (auto p = gw.dir_.pick(model, org, tried)) {
+      ReplicaDirectory::release(*p);
+      waiting = false;
+      gw.dir_.cancel_waiter(waiter);
+      wake_timer->cancel();
+      lk.unlock();
+      asio::post(gw.io_, [self] { self->attempt(); });
+    }
+  }
+
+  void on_client_gone() {
+    std::shared_ptr<http::UpstreamCall> c;
+    {
+      std::lock_guard lk(mu);
+      cancelled = true;
+      c = call;
+      if (waiting) {
+        waiting = false;
+        gw.dir_.cancel_waiter(waiter);
+        if (wake_timer) wake_timer->cancel();
+      }
+    }
+    if (c) c->cancel();
+    else finish_record(499);  // never reached a replica
+  }
+
+  void on_head(const http::UpstreamHead& h) {
+    status = h.status;
+    content_type = h.content_type;
+    headers = h.headers;
+    headers.emplace_back("x-request-id", request_id);
+    if (stream && status == 200) {
+      out->head(200, content_type.empty() ? "text/event-stream" : content_type, headers);
+      head_sent = true;
+    }
+  }
+
+  void on_data(std::string_view d) {
+    if (!head_sent) {
+      if (whole.size() < (64u << 20)) whole.append(d);
+      return;
+    }
+    // Forward whole SSE events; read usage from them; hold [DONE] back.
+    sse_buf.append(d);
+    std::string forward;
+    size_t pos;
+    while ((pos = sse_buf.find("\n\n")) != std::string::npos) {
+      std::string_view ev(sse_buf.data(), pos + 2);
+      bool keep = true;
+      if (ev.rfind("data: ", 0) == 0) {
+        std::string_view payload = ev.substr(6, ev.size() - 8);
+        if (payload == "[DONE]") {
+          held.append(ev);
+          keep = false;
+        } else if (payload.find("\"usage\"") != std::string_view::npos) {
+          try {
+            json j = json::parse(payload);
+            if (j.contains("usage") && j["usage"].is_object()) {
+              read_usage(j, rec);
+              // The usage-only chunk we asked for on the client's behalf is not theirs to see.
+              if (!client_wants_usage && j.contains("choices") && j["choices"].empty()) keep = false;
+            }
+          } catch (const std::exception&) {
+          }
+        }
+      }
+      if (keep) forward.append(ev);
+      sse_buf.erase(0, pos + 2);
+    }
+    if (!forward.empty()) out->write(std::move(forward));
+  }
+
+  void on_done(const std::string& err, bool got_response) {
+    {
+      std::lock_guard lk(mu);
+      if (pick) ReplicaDirectory::release(*pick);
+      pick.reset();
+      call.reset();
+      if (cancelled) {
+        done = true;
+      }
+    }
+    if (cancelled) return finish_record(499);
+    if (!err.empty() && !got_response) {
+      spdlog::warn(R"({{"request_id":"{}","gateway":"replica failed before answering","error":"{}"}})", request_id, err);
+      return attempt();  // another replica, or 502 when none is left
+    }
+    if (!err.empty()) {  // the replica failed mid-response
+      if (head_sent) {
+        json e = {{"error", {{"message", "The model replica failed while streaming: " + err}, {"type", "server_error"},
+                             {"param", nullptr}, {"code", "upstream_error"}}}};
+        out->write("data: " + dump_json(e) + "\n\n");
+        held.clear();
+        return finish_record(502, [self = shared_from_this()] { self->out->end(); });
+      }
+      return fail(ApiError(502, "server_error", "The model replica failed while answering: " + err, "upstream_error"));
+    }
+    if (head_sent) {
+      return finish_record(200, [self = shared_from_this()] {
+        if (!self->held.empty()) self->out->write(std::move(self->held));
+        self->out->end();
+      });
+    }
+    // A whole (non-streamed, or error) response.
+    if (status == 200 && is_json_type(content_type)) {
+      try {
+        read_usage(json::parse(whole), rec);
+      } catch (const std::exception&) {
+      }
+    }
+    finish_record(int(status), [self = shared_from_this()] {
+      http::Response r;
+      r.status = self->status;
+      r.content_type = self->content_type.empty() ? "application/json" : self->content_type;
+      r.headers = self->headers;
+      r.body = std::move(self->whole);
+      self->out->reply(std::move(r));
+    });
+  }
+
+  void fail(const ApiError& e, std::vector<std::pair<std::string, std::string>> extra = {}) {
+    http::Response r = error_reply(e, request_id);
+    for (auto& h : extra) r.headers.push_back(h);
+    finish_record(e.status, [self = shared_from_this(), r = std::move(r)]() mutable { self->out->reply(std::move(r)); });
+  }
+
+  // The usage record, then (once it is durable) what the client sees last.
+  void finish_record(int http_status, std::function<void()> deliver = nullptr) {
+    {
+      std::lock_guard lk(mu);
+      if (rec.status != 0) return;  // recorded already
+      done = true;
+      rec.status = http_status;
+    }
+    rec.ts_ms = now_ms();
+    rec.latency_ms = rec.ts_ms - t0_ms;
+    auto self = shared_from_this();
+    gw.meter_.record(rec, [self, deliver = std::move(deliver)](bool durable) {
+      if (!deliver) return;
+      if (durable) return deliver();
+      http::Response r = error_reply(
+          ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"),
+          self->request_id);
+      if (self->head_sent) {
+        self->out->write("data: " + r.body + "\n\n");
+        self->out->end();
+      } else {
+        self->out->reply(std::move(r));
+      }
+    });
+  }
+};
+
+Gateway::Gateway(asio::io_context& io, Meter& meter, ReplicaDirectory& dir, GatewayOptions opts)
+    : io_(io), meter_(meter), dir_(dir), opts_(opts), pool_(std::make_unique<http::UpstreamPool>(io)) {}
+
+Gateway::~Gateway() = default;
+
+http::Response Gateway::handle(Context& c, const char* endpoint, const char* path) {
+  auto ct = c.req.find(http::bhttp::field::content_type);
+  if (ct == c.req.end() || !is_json_type(ct->value())) {
+    throw ApiError(415, "invalid_request_error", "Send the request body as application/json.", "unsupported_media_type");
+  }
+  json body = parse_json_body(c.req.body());
+  if (!body.is_object()) throw bad_request("The request body must be a JSON object.", "invalid_body");
+  auto m = body.find("model");
+  if (m == body.end() || !m->is_string() || m->get_ref<const std::string&>().empty()) {
+    throw ApiError(400, "invalid_request_error", "You must provide a model parameter.", "missing_required_parameter", "model");
+  }
+  std::string ep = endpoint;
+  const char* required = ep == "chat.completions" ? "messages" : ep == "completions" ? "prompt" : "input";
+  auto r = body.find(required);
+  if (r == body.end() || r->is_null()) {
+    throw ApiError(400, "invalid_request_error", std::string("Missing required parameter: '") + required + "'.",
+                   "missing_required_parameter", required);
+  }
+  if (ep == "chat.completions" && (!r->is_array() || r->empty())) {
+    throw ApiError(400, "invalid_request_error", "'messages' must be a non-empty array of messages.", "invalid_type",
+                   "messages");
+  }
+  bool stream = false;
+  if (auto s = body.find("stream"); s != body.end() && !s->is_null()) {
+    if (!s->is_boolean()) throw ApiError(400, "invalid_request_error", "'stream' must be a boolean.", "invalid_type", "stream");
+    stream = s->get<bool>();
+  }
+  if (stream && ep == "embeddings") {
+    throw ApiError(400, "invalid_request_error", "Embeddings cannot be streamed.", "invalid_value", "stream");
+  }
+  std::string model = m->get<std::string>();
+  const Principal& who = c.who();
+  if (!dir_.serves(model, who.org_id)) {
+    throw ApiError(404, "invalid_request_error",
+                   "The model '" + model + "' does not exist or you do not have access to it.", "model_not_found",
+                   "model");
+  }
+
+  auto ex = std::make_shared<Exchange>(*this);
+  ex->endpoint = ep;
+  ex->path = path;
+  ex->model = model;
+  ex->org = who.org_id;
+  ex->request_id = c.request_id;
+  ex->stream = stream;
+  if (stream) {
+    auto so = body.find("stream_options");
+    ex->client_wants_usage = so != body.end() && so->is_object() && so->value("include_usage", false);
+    body["stream_options"]["include_usage"] = true;  // the gateway meters every stream
+  }
+  ex->body = dump_json(body);
+  ex->rec.org_id = who.org_id;
+  ex->rec.project_id = who.project_id;
+  ex->rec.api_key_id = who.actor_id;
+  ex->rec.model = model;
+  ex->rec.endpoint = ep == "embeddings" ? "embeddings" : "completions";  // the usage API's families
+  ex->rec.request_id = c.request_id;
+  ex->start();
+  http::Response res;
+  res.stream = ex->out;
+  return res;
+}
+
+void Gateway::add_routes(App& app) {
+  // What this key may use: its organization's models and the platform's catalog.
+  app.add({"GET", "/v1/models", Access::kProject, false, "", [](Context& c) {
+             json data = json::array();
+             for (const auto& m : models::models_visible_to(*c.tx, c.who().org_id)) data.push_back(models::model_json(m));
+             return json{{"object", "list"}, {"data", data}};
+           }});
+  auto one = [](Context& c) {
+    std::string name(c.param("id"));
+    if (name.empty()) name = std::string(c.param("ns")) + "/" + std::string(c.param("name"));
+    auto m = models::find_model(*c.tx, c.who().org_id, name);
+    if (!m) models::throw_model_not_found(name);
+    return models::model_json(*m);
+  };
+  app.add({"GET", "/v1/models/{id}", Access::kProject, false, "", one});
+  app.add({"GET", "/v1/models/{ns}/{name}", Access::kProject, false, "", one});
+
+  struct Ep {
+    const char* route;
+    const char* endpoint;
+  };
+  for (Ep e : {Ep{"/v1/chat/completions", "chat.completions"}, Ep{"/v1/completions", "completions"},
+               Ep{"/v1/embeddings", "embeddings"}}) {
+    RouteSpec spec{"POST", e.route, Access::kProject, false, "", nullptr};
+    spec.raw = [this, e](Context& c) { return handle(c, e.endpoint, e.route); };
+    app.add(std::move(spec));
+  }
+}
+
+}  // namespace aicloud::gateway

@@ -1,0 +1,114 @@
+#include "gateway/replicas.h"
+
+#include <algorithm>
+
+namespace aicloud::gateway {
+
+void ReplicaDirectory::set(Deployment d) {
+  std::vector<std::function<void()>> ready;
+  {
+    std::lock_guard lk(mu_);
+    // Keep the in-flight counters of replicas that stay, so that picking stays fair.
+    auto old = deployments_.find(d.id);
+    if (old != deployments_.end()) {
+      for (auto& r : d.replicas) {
+        for (const auto& o : old->second.replicas) {
+          if (o.id == r.id) r.outstanding = o.outstanding;
+        }
+      }
+    }
+    if (!d.replicas.empty()) {
+      for (auto it = waiters_.begin(); it != waiters_.end();) {
+        if (it->second.model == d.model) {
+          ready.push_back(std::move(it->second.f));
+          it = waiters_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    deployments_[d.id] = std::move(d);
+  }
+  for (auto& f : ready) f();
+}
+
+void ReplicaDirectory::remove(const std::string& deployment_id) {
+  std::lock_guard lk(mu_);
+  deployments_.erase(deployment_id);
+}
+
+bool ReplicaDirectory::serves(const std::string& model, const std::string& org) const {
+  std::lock_guard lk(mu_);
+  for (const auto& [id, d] : deployments_) {
+    if (usable(d, model, org)) return true;
+  }
+  return false;
+}
+
+std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::string& org,
+                                           const std::vector<std::string>& exclude) const {
+  std::lock_guard lk(mu_);
+  const Replica* best = nullptr;
+  const Deployment* best_dep = nullptr;
+  int best_load = 0;
+  for (const auto& [id, d] : deployments_) {
+    if (!usable(d, model, org)) continue;
+    for (const auto& r : d.replicas) {
+      if (std::find(exclude.begin(), exclude.end(), r.id) != exclude.end()) continue;
+      int load = r.outstanding->load();
+      if (!best || load < best_load) {
+        best = &r;
+        best_dep = &d;
+        best_load = load;
+      }
+    }
+  }
+  if (!best) return std::nullopt;
+  best->outstanding->fetch_add(1);
+  return Pick{best_dep->id, *best};
+}
+
+void ReplicaDirectory::on_wake(std::function<void(const std::string&)> f) {
+  std::lock_guard lk(mu_);
+  wake_ = std::move(f);
+}
+
+void ReplicaDirectory::wake(const std::string& model, const std::string& org) const {
+  std::vector<std::string> ids;
+  std::function<void(const std::string&)> f;
+  {
+    std::lock_guard lk(mu_);
+    f = wake_;
+    for (const auto& [id, d] : deployments_) {
+      if (usable(d, model, org)) ids.push_back(id);
+    }
+  }
+  if (f) {
+    for (const auto& id : ids) f(id);
+  }
+}
+
+uint64_t ReplicaDirectory::wait_ready(const std::string& model, std::function<void()> f) {
+  std::lock_guard lk(mu_);
+  uint64_t id = next_waiter_++;
+  waiters_[id] = {model, std::move(f)};
+  return id;
+}
+
+void ReplicaDirectory::cancel_waiter(uint64_t id) {
+  std::lock_guard lk(mu_);
+  waiters_.erase(id);
+}
+
+std::map<std::string, int> ReplicaDirectory::outstanding_by_deployment() const {
+  std::lock_guard lk(mu_);
+  std::map<std::string, int> out;
+  for (const auto& [id, d] : deployments_) {
+    int n = 0;
+    for (const auto& r : d.replicas) n += r.outstanding->load();
+    out[id] = n;
+  }
+  return out;
+}
+
+}  // namespace aicloud::gateway

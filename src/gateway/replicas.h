@@ -1,0 +1,84 @@
+// The gateway's in-memory view of where each model is served: deployments and their ready
+// replicas. The deployments controller writes it (set/remove) as replicas become ready or go
+// away; the gateway reads it on every request without touching the store.
+//
+// Picking is least-outstanding-requests among the ready replicas of the deployments that the
+// caller's organization may use, in the regions the request may use.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace aicloud::gateway {
+
+struct Replica {
+  std::string id;        // the service workload (or its rank) that runs the engine
+  std::string host;      // where the gateway reaches it
+  uint16_t port = 0;
+  std::string api_key;   // the engine's --api-key: known only to the gateway
+  std::string region;
+  std::shared_ptr<std::atomic<int>> outstanding = std::make_shared<std::atomic<int>>(0);
+};
+
+struct Deployment {
+  std::string id;          // dep_...
+  std::string model;       // the name clients send as "model"
+  std::string owner_org;   // "" = a catalog deployment every organization may use
+  std::vector<Replica> replicas;  // ready ones only
+  bool scale_to_zero = false;     // may have no replica and wake on a request
+};
+
+// What pick() found.
+struct Pick {
+  std::string deployment_id;
+  Replica replica;  // its `outstanding` already counts this request: call release()
+};
+
+class ReplicaDirectory {
+ public:
+  // Replaces what is known of one deployment (the controller calls it on every change).
+  void set(Deployment d);
+  void remove(const std::string& deployment_id);
+
+  // Whether a model of this name is served to this organization at all (ready or not).
+  bool serves(const std::string& model, const std::string& org) const;
+  // The least loaded ready replica of a deployment of `model` usable by `org`, excluding the
+  // replica ids in `exclude` (ones that just failed). nullopt if none is ready now.
+  std::optional<Pick> pick(const std::string& model, const std::string& org,
+                           const std::vector<std::string>& exclude = {}) const;
+  static void release(const Pick& p) { p.replica.outstanding->fetch_sub(1); }
+
+  // Scale from zero: asks the controller to wake the deployments of `model` for `org`.
+  void on_wake(std::function<void(const std::string& deployment_id)> f);
+  void wake(const std::string& model, const std::string& org) const;
+  // Calls f (from the thread that calls set()) the next time a deployment of `model` gets a ready
+  // replica; returns a handle for cancel_waiter().
+  uint64_t wait_ready(const std::string& model, std::function<void()> f);
+  void cancel_waiter(uint64_t id);
+
+  // Outstanding requests per deployment (the autoscaler's signal).
+  std::map<std::string, int> outstanding_by_deployment() const;
+
+ private:
+  static bool usable(const Deployment& d, const std::string& model, const std::string& org) {
+    return d.model == model && (d.owner_org.empty() || d.owner_org == org);
+  }
+  mutable std::mutex mu_;
+  std::map<std::string, Deployment> deployments_;
+  std::function<void(const std::string&)> wake_;
+  struct Waiter {
+    std::string model;
+    std::function<void()> f;
+  };
+  std::map<uint64_t, Waiter> waiters_;
+  uint64_t next_waiter_ = 1;
+};
+
+}  // namespace aicloud::gateway

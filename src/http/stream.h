@@ -1,0 +1,142 @@
+// A response that is produced later, from any thread: what the gateway returns while it waits
+// for a model replica. The handler returns a Response whose `stream` is set; the session then
+// waits, without holding an io thread, for the producer to either
+//   - reply(): the whole response at once (status, headers, body; Content-Length), or
+//   - head() + write()* + end(): a streamed response (chunked encoding; SSE), each write sent to
+//     the client as soon as the socket takes it.
+// If the client goes away first, the session calls cancel(): the producer learns it through
+// on_cancel() (to abort the upstream request) and its later writes are dropped.
+#pragma once
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "http/types.h"
+
+namespace aicloud::http {
+
+class ResponseStream {
+ public:
+  // ---- producer side (any thread) ----
+  void reply(Response r) {
+    std::function<void()> n;
+    {
+      std::lock_guard lk(mu_);
+      if (head_ || cancelled_) return;
+      head_ = std::move(r);
+      streaming_ = false;
+      ended_ = true;
+      n = notify_;
+    }
+    if (n) n();
+  }
+  void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {}) {
+    std::function<void()> n;
+    {
+      std::lock_guard lk(mu_);
+      if (head_ || cancelled_) return;
+      head_.emplace();
+      head_->status = status;
+      head_->content_type = std::move(content_type);
+      head_->headers = std::move(headers);
+      streaming_ = true;
+      n = notify_;
+    }
+    if (n) n();
+  }
+  void write(std::string chunk) {
+    if (chunk.empty()) return;  // an empty chunk would end the chunked body
+    std::function<void()> n;
+    {
+      std::lock_guard lk(mu_);
+      if (!head_ || ended_ || cancelled_) return;
+      queued_.push_back(std::move(chunk));
+      n = notify_;
+    }
+    if (n) n();
+  }
+  void end() {
+    std::function<void()> n;
+    {
+      std::lock_guard lk(mu_);
+      if (!head_ || ended_) return;
+      ended_ = true;
+      n = notify_;
+    }
+    if (n) n();
+  }
+  // Called at most once, when the client goes away before end(). Runs on the caller of
+  // cancel() (an io thread): keep it short.
+  void on_cancel(std::function<void()> f) {
+    bool now = false;
+    {
+      std::lock_guard lk(mu_);
+      if (cancelled_) now = true;
+      else on_cancel_ = std::move(f);
+    }
+    if (now && f) f();
+  }
+  bool cancelled() const {
+    std::lock_guard lk(mu_);
+    return cancelled_;
+  }
+
+  // ---- consumer side (the session) ----
+  struct Pulled {
+    std::optional<Response> head;  // set once: the first pull after head()/reply()
+    bool streaming = false;
+    std::string data;  // everything written since the last pull
+    bool end = false;  // nothing more will come
+  };
+  void attach(std::function<void()> notify) {
+    std::function<void()> n;
+    {
+      std::lock_guard lk(mu_);
+      notify_ = std::move(notify);
+      n = notify_;
+    }
+    n();  // the producer may have finished before the session attached
+  }
+  Pulled pull() {
+    std::lock_guard lk(mu_);
+    Pulled p;
+    if (head_ && !head_taken_) {
+      p.head = head_;
+      head_taken_ = true;
+    }
+    p.streaming = streaming_;
+    for (auto& c : queued_) p.data += c;
+    queued_.clear();
+    p.end = ended_;
+    return p;
+  }
+  void cancel() {
+    std::function<void()> f;
+    {
+      std::lock_guard lk(mu_);
+      if (cancelled_ || (ended_ && queued_.empty())) return;
+      cancelled_ = true;
+      f = std::move(on_cancel_);
+      notify_ = nullptr;
+    }
+    if (f) f();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::optional<Response> head_;
+  bool head_taken_ = false;
+  bool streaming_ = false;
+  bool ended_ = false;
+  bool cancelled_ = false;
+  std::deque<std::string> queued_;
+  std::function<void()> notify_;
+  std::function<void()> on_cancel_;
+};
+
+}  // namespace aicloud::http

@@ -1,0 +1,248 @@
+#include "http/upstream.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <mutex>
+#include <unordered_map>
+
+namespace aicloud::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using tcp = asio::ip::tcp;
+
+using Strand = asio::strand<asio::io_context::executor_type>;
+
+// An idle keep-alive connection and the strand its stream was made with: the next call adopts
+// both, so the stream's own timer and the call's handlers never run concurrently.
+struct Pooled {
+  Strand strand;
+  std::unique_ptr<beast::tcp_stream> conn;
+};
+
+struct UpstreamPool::Impl {
+  asio::io_context& ioc;
+  size_t max_idle;
+  mutable std::mutex mu;
+  std::unordered_map<std::string, std::vector<Pooled>> idle;
+
+  Impl(asio::io_context& i, size_t m) : ioc(i), max_idle(m) {}
+
+  std::optional<Pooled> take(const std::string& key) {
+    std::lock_guard lk(mu);
+    auto it = idle.find(key);
+    if (it == idle.end() || it->second.empty()) return std::nullopt;
+    Pooled p = std::move(it->second.back());
+    it->second.pop_back();
+    return p;
+  }
+  void put(const std::string& key, Pooled p) {
+    std::lock_guard lk(mu);
+    auto& v = idle[key];
+    if (v.size() < max_idle) v.push_back(std::move(p));
+  }
+};
+
+namespace {
+
+bool hop_by_hop(std::string_view name) {
+  for (std::string_view h : {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
+                             "upgrade", "proxy-authenticate", "proxy-authorization", "server", "date"}) {
+    if (name.size() == h.size() && strncasecmp(name.data(), h.data(), h.size()) == 0) return true;
+  }
+  return false;
+}
+
+class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
+ public:
+  Call(std::shared_ptr<UpstreamPool::Impl> pool, std::string host, uint16_t port, Request req, UpstreamCallbacks cb,
+       UpstreamTimeouts t)
+      : pool_(std::move(pool)),
+        host_(std::move(host)),
+        port_(port),
+        key_(host_ + ":" + std::to_string(port_)),
+        req_(std::move(req)),
+        cb_(std::move(cb)),
+        t_(t),
+        strand_(asio::make_strand(pool_->ioc)) {
+    req_.set(bhttp::field::host, key_);
+    req_.keep_alive(true);
+    req_.prepare_payload();
+  }
+
+  // Runs in send(), before anyone else holds the call.
+  void start() {
+    if (auto p = pool_->take(key_)) {
+      strand_ = p->strand;
+      conn_ = std::move(p->conn);
+      reused_ = true;
+    } else {
+      conn_ = std::make_unique<beast::tcp_stream>(strand_);
+    }
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      if (self->reused_) return self->write();
+      self->connect();
+    });
+  }
+
+  void cancel() override {
+    auto self = shared_from_this();
+    asio::post(strand_, [self] {
+      if (self->done_) return;
+      self->finish("cancelled", self->got_response_, false);
+    });
+  }
+
+ private:
+  void connect() {
+    beast::error_code ec;
+    auto addr = asio::ip::make_address(host_ == "localhost" ? "127.0.0.1" : host_, ec);
+    if (ec) {  // a name: resolve it (replica addresses are normally IPs)
+      resolver_ = std::make_unique<tcp::resolver>(strand_);
+      resolver_->async_resolve(host_, std::to_string(port_),
+                               asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec2, tcp::resolver::results_type r) {
+                                 if (self->done_) return;
+                                 if (ec2) return self->finish("cannot resolve " + self->host_ + ": " + ec2.message(), false, false);
+                                 self->conn_->expires_after(self->t_.connect);
+                                 self->conn_->async_connect(r, asio::bind_executor(self->strand_, [self](beast::error_code ec3, const tcp::endpoint&) {
+                                   self->on_connect(ec3);
+                                 }));
+                               }));
+      return;
+    }
+    conn_->expires_after(t_.connect);
+    conn_->async_connect(tcp::endpoint(addr, port_), asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec2) {
+      self->on_connect(ec2);
+    }));
+  }
+
+  void on_connect(beast::error_code ec) {
+    if (done_) return;
+    if (ec) return finish("cannot connect to " + key_ + ": " + ec.message(), false, false);
+    beast::error_code ignored;
+    conn_->socket().set_option(tcp::no_delay(true), ignored);
+    write();
+  }
+
+  void write() {
+    conn_->expires_after(t_.connect + std::chrono::seconds(30));
+    bhttp::async_write(*conn_, req_, asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (self->done_) return;
+      if (ec) return self->retry_or_fail("sending to " + self->key_ + ": " + ec.message());
+      self->read_head();
+    }));
+  }
+
+  void read_head() {
+    parser_.emplace();
+    parser_->body_limit(std::uint64_t(1) << 40);  // replies are relayed, never held whole here
+    conn_->expires_after(t_.first_byte);
+    bhttp::async_read_header(*conn_, buf_, *parser_, asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (self->done_) return;
+      if (ec) return self->retry_or_fail("reading from " + self->key_ + ": " + ec.message());
+      self->got_response_ = true;
+      const auto& h = self->parser_->get();
+      UpstreamHead head;
+      head.status = h.result_int();
+      for (const auto& f : h) {
+        std::string_view name = f.name_string();
+        if (f.name() == bhttp::field::content_type) {
+          head.content_type = std::string(f.value());
+        } else if (!hop_by_hop(name)) {
+          head.headers.emplace_back(std::string(name), std::string(f.value()));
+        }
+      }
+      if (self->cb_.on_head) self->cb_.on_head(head);
+      if (self->done_) return;  // on_head may cancel
+      self->read_body();
+    }));
+  }
+
+  // A stale pooled connection (the upstream closed it while idle) fails before any byte of the
+  // response: try once more on a new connection before giving up.
+  void retry_or_fail(const std::string& err) {
+    if (reused_ && !got_response_) {
+      reused_ = false;
+      beast::error_code ec;
+      conn_->socket().close(ec);
+      conn_ = std::make_unique<beast::tcp_stream>(strand_);
+      buf_.clear();
+      connect();
+      return;
+    }
+    finish(err, got_response_, false);
+  }
+
+  void read_body() {
+    if (parser_->is_done()) return finish("", true, parser_->keep_alive());
+    parser_->get().body().data = chunk_;
+    parser_->get().body().size = sizeof chunk_;
+    conn_->expires_after(t_.idle);
+    bhttp::async_read(*conn_, buf_, *parser_, asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (self->done_) return;
+      if (ec == bhttp::error::need_buffer) ec = {};
+      size_t n = sizeof self->chunk_ - self->parser_->get().body().size;
+      if (n > 0 && self->cb_.on_data) self->cb_.on_data(std::string_view(self->chunk_, n));
+      if (self->done_) return;  // on_data may cancel
+      if (ec) return self->finish("reading from " + self->key_ + ": " + ec.message(), true, false);
+      self->read_body();
+    }));
+  }
+
+  void finish(const std::string& err, bool got_response, bool reusable) {
+    if (done_) return;
+    done_ = true;
+    if (reusable && buf_.size() == 0) {
+      conn_->expires_never();
+      pool_->put(key_, Pooled{strand_, std::move(conn_)});
+      conn_ = nullptr;
+    } else {
+      beast::error_code ec;
+      conn_->socket().shutdown(tcp::socket::shutdown_both, ec);
+      conn_->close();
+    }
+    auto done = std::move(cb_.on_done);
+    cb_ = {};
+    if (done) done(err, got_response);
+  }
+
+  std::shared_ptr<UpstreamPool::Impl> pool_;
+  std::string host_;
+  uint16_t port_;
+  std::string key_;
+  Request req_;
+  UpstreamCallbacks cb_;
+  UpstreamTimeouts t_;
+  Strand strand_;  // every handler of this call (and its stream's timer) runs here
+  std::unique_ptr<beast::tcp_stream> conn_;
+  std::unique_ptr<tcp::resolver> resolver_;
+  beast::flat_buffer buf_;
+  std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
+  char chunk_[16 * 1024];
+  bool reused_ = false, got_response_ = false, done_ = false;
+};
+
+}  // namespace
+
+UpstreamPool::UpstreamPool(asio::io_context& ioc, size_t max_idle_per_target)
+    : impl_(std::make_shared<Impl>(ioc, max_idle_per_target)) {}
+
+UpstreamPool::~UpstreamPool() = default;
+
+std::shared_ptr<UpstreamCall> UpstreamPool::send(const std::string& host, uint16_t port, Request req,
+                                                 UpstreamCallbacks cb, UpstreamTimeouts timeouts) {
+  auto call = std::make_shared<Call>(impl_, host, port, std::move(req), std::move(cb), timeouts);
+  call->start();
+  return call;
+}
+
+size_t UpstreamPool::idle_connections() const {
+  std::lock_guard lk(impl_->mu);
+  size_t n = 0;
+  for (const auto& [k, v] : impl_->idle) n += v.size();
+  return n;
+}
+
+}  // namespace aicloud::http

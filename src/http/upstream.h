@@ -1,0 +1,72 @@
+// An asynchronous HTTP/1.1 client for the gateway's upstreams (model replicas): keep-alive
+// connections pooled per host:port, the response delivered as it arrives (head, then body pieces,
+// then done), cancellable at any point. It runs on the server's io_context and never blocks a
+// thread, so thousands of streams in flight cost sockets and buffers, not threads.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "http/types.h"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace aicloud::http {
+
+struct UpstreamHead {
+  unsigned status = 0;
+  std::string content_type;
+  std::vector<std::pair<std::string, std::string>> headers;  // all but hop-by-hop ones
+};
+
+struct UpstreamCallbacks {
+  std::function<void(const UpstreamHead&)> on_head;
+  std::function<void(std::string_view)> on_data;  // body bytes, as they arrive (chunking removed)
+  // Called exactly once. error empty = the response completed. got_response = some byte of the
+  // response arrived: false means the request may be retried on another upstream (refused,
+  // reset or timed out before answering).
+  std::function<void(const std::string& error, bool got_response)> on_done;
+};
+
+struct UpstreamTimeouts {
+  std::chrono::milliseconds connect{2'000};
+  std::chrono::milliseconds first_byte{600'000};  // a long prompt can take a while to start
+  std::chrono::milliseconds idle{120'000};        // between two pieces of the body
+};
+
+// One request in flight. cancel() is thread-safe; after it, on_done is called with "cancelled"
+// (unless it had already been called) and the connection is closed, which is how llama-server
+// learns to stop generating.
+class UpstreamCall {
+ public:
+  virtual ~UpstreamCall() = default;
+  virtual void cancel() = 0;
+};
+
+class UpstreamPool {
+ public:
+  explicit UpstreamPool(boost::asio::io_context& ioc, size_t max_idle_per_target = 256);
+  ~UpstreamPool();
+  UpstreamPool(const UpstreamPool&) = delete;
+  UpstreamPool& operator=(const UpstreamPool&) = delete;
+
+  // Sends req (Host, Content-Length and keep-alive are set here) to host:port.
+  std::shared_ptr<UpstreamCall> send(const std::string& host, uint16_t port, Request req, UpstreamCallbacks cb,
+                                     UpstreamTimeouts timeouts = {});
+
+  size_t idle_connections() const;
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace aicloud::http

@@ -1,0 +1,231 @@
+// The gateway's plumbing, on real sockets: the server answering later through a ResponseStream
+// (whole replies and chunked streams), the pooled upstream client, and cancellation both ways:
+// a client that disconnects cancels the upstream call, and a cancelled call closes its upstream
+// connection.
+#include <gtest/gtest.h>
+
+#include <boost/asio.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "http/client.h"
+#include "http/server.h"
+#include "http/stream.h"
+#include "http/upstream.h"
+#include "support/raw_http.h"
+
+namespace aicloud::http {
+namespace {
+
+using namespace std::chrono_literals;
+using test::RawConn;
+using test::RawResponse;
+
+// An upstream: /whole answers at once; /stream sends 5 pieces 50 ms apart from a thread;
+// /slow never answers until cancelled (it counts the cancellations it sees).
+class Upstream : public Handler {
+ public:
+  std::atomic<int> cancelled{0};
+  std::string file_path;
+  Response handle(Request& req, const std::string&) override {
+    Response r;
+    if (req.target() == "/file") {  // bytes 10..(10+3 MiB) of file_path
+      r.file_path = file_path;
+      r.file_offset = 10;
+      r.file_length = 3 << 20;
+      r.content_type = "application/octet-stream";
+      return r;
+    }
+    if (req.target() == "/whole") {
+      r.body = R"({"ok":true,"echo":)" + std::string(req.body().empty() ? "null" : req.body()) + "}";
+      return r;
+    }
+    auto s = std::make_shared<ResponseStream>();
+    r.stream = s;
+    if (req.target() == "/stream") {
+      std::thread([s] {
+        s->head(200, "text/event-stream", {{"x-upstream", "yes"}});
+        for (int i = 0; i < 5; ++i) {
+          s->write("data: " + std::to_string(i) + "\n\n");
+          std::this_thread::sleep_for(50ms);
+        }
+        s->write("data: [DONE]\n\n");
+        s->end();
+      }).detach();
+    } else {
+      s->on_cancel([this] { ++cancelled; });
+    }
+    return r;
+  }
+  Response protocol_error(unsigned status, const std::string& m) override {
+    Response r;
+    r.status = status;
+    r.body = m;
+    return r;
+  }
+};
+
+// A proxy: every request goes to the upstream through the pool; streams are relayed as they come.
+class Proxy : public Handler {
+ public:
+  UpstreamPool* pool = nullptr;
+  uint16_t upstream_port = 0;
+  std::atomic<int> client_gone{0};
+  Response handle(Request& req, const std::string&) override {
+    auto s = std::make_shared<ResponseStream>();
+    Request up{req.method(), req.target(), 11};
+    up.body() = req.body();
+    auto whole = std::make_shared<Response>();
+    bool stream = req.target() != "/whole";
+    UpstreamCallbacks cb;
+    cb.on_head = [s, whole, stream](const UpstreamHead& h) {
+      whole->status = h.status;
+      whole->content_type = h.content_type;
+      whole->headers = h.headers;
+      if (stream) s->head(h.status, h.content_type, h.headers);
+    };
+    cb.on_data = [s, whole, stream](std::string_view d) {
+      if (stream) s->write(std::string(d));
+      else whole->body += d;
+    };
+    cb.on_done = [s, whole, stream](const std::string& err, bool got_response) {
+      if (!err.empty() && !got_response) {
+        Response e;
+        e.status = 502;
+        e.body = err;
+        s->reply(std::move(e));
+        return;
+      }
+      if (stream) s->end();
+      else s->reply(*whole);
+    };
+    auto call = pool->send("127.0.0.1", upstream_port, std::move(up), std::move(cb));
+    s->on_cancel([this, call] {
+      ++client_gone;
+      call->cancel();
+    });
+    Response r;
+    r.stream = s;
+    return r;
+  }
+  Response protocol_error(unsigned status, const std::string& m) override {
+    Response r;
+    r.status = status;
+    r.body = m;
+    return r;
+  }
+};
+
+struct Running {
+  std::unique_ptr<Server> server;
+  std::thread thread;
+  explicit Running(Handler& h) {
+    ServerOptions o;
+    o.port = 0;
+    o.threads = 2;
+    server = std::make_unique<Server>(o, h);
+    thread = std::thread([this] { server->run(); });
+  }
+  ~Running() {
+    server->stop();
+    thread.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(server->port()); }
+};
+
+class StreamProxy : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    up_srv = std::make_unique<Running>(upstream);
+    proxy.upstream_port = up_srv->server->port();
+    proxy_srv = std::make_unique<Running>(proxy);
+    pool = std::make_unique<UpstreamPool>(proxy_srv->server->io());
+    proxy.pool = pool.get();
+  }
+  void TearDown() override {
+    proxy_srv.reset();
+    pool.reset();
+    up_srv.reset();
+  }
+  Upstream upstream;
+  Proxy proxy;
+  std::unique_ptr<Running> up_srv, proxy_srv;
+  std::unique_ptr<UpstreamPool> pool;
+};
+
+TEST_F(StreamProxy, WholeRepliesAreRelayedAndConnectionsReused) {
+  Client c(proxy_srv->url());
+  for (int i = 0; i < 50; ++i) {
+    auto r = c.request("POST", "/whole", std::to_string(i), {{"Content-Type", "application/json"}});
+    ASSERT_EQ(r.status, 200u) << r.body;
+    EXPECT_EQ(r.body, R"({"ok":true,"echo":)" + std::to_string(i) + "}");
+  }
+  // Sequential calls reuse one pooled upstream connection.
+  EXPECT_EQ(pool->idle_connections(), 1u);
+}
+
+TEST_F(StreamProxy, StreamsArriveInPiecesAndEnd) {
+  RawConn conn(proxy_srv->url());
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
+  RawResponse r = conn.read_response(10s);
+  ASSERT_TRUE(r.got_response);
+  EXPECT_EQ(r.status, 200u);
+  auto elapsed = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(elapsed, 200ms);  // the pieces were 50 ms apart: not buffered into one
+  for (int i = 0; i < 5; ++i) EXPECT_NE(r.body.find("data: " + std::to_string(i) + "\n\n"), std::string::npos);
+  EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos);
+  // The connection stays usable after a chunked stream.
+  ASSERT_TRUE(conn.send("POST /whole HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n7"));
+  RawResponse r2 = conn.read_response(10s);
+  ASSERT_TRUE(r2.got_response);
+  EXPECT_EQ(r2.body, R"({"ok":true,"echo":7})");
+}
+
+TEST_F(StreamProxy, ClientDisconnectCancelsTheUpstreamCall) {
+  {
+    RawConn conn(proxy_srv->url());
+    ASSERT_TRUE(conn.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"));
+    std::this_thread::sleep_for(200ms);
+  }  // the client goes away
+  for (int i = 0; i < 100 && (proxy.client_gone == 0 || upstream.cancelled == 0); ++i) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(proxy.client_gone.load(), 1);
+  EXPECT_EQ(upstream.cancelled.load(), 1);  // the proxy closed its upstream connection
+  // Both servers keep serving.
+  Client c(proxy_srv->url());
+  EXPECT_EQ(c.request("POST", "/whole", "1", {{"Content-Type", "application/json"}}).status, 200u);
+}
+
+TEST_F(StreamProxy, FileBodiesAreSentFromDiskWithTheirRangeAndKeepAlive) {
+  std::string path = ::testing::TempDir() + "/stream_proxy_file.bin";
+  std::string content;
+  for (int i = 0; i < (4 << 20); ++i) content.push_back(char('a' + (i * 7) % 26));
+  {
+    FILE* f = fopen(path.c_str(), "wb");
+    ASSERT_TRUE(f);
+    fwrite(content.data(), 1, content.size(), f);
+    fclose(f);
+  }
+  upstream.file_path = path;
+  Client c(up_srv->url());
+  auto r = c.request("GET", "/file");
+  ASSERT_EQ(r.status, 200u);
+  EXPECT_EQ(r.header("content-length"), std::to_string(3 << 20));
+  EXPECT_TRUE(r.body == content.substr(10, 3 << 20));
+  EXPECT_EQ(c.request("POST", "/whole", "2", {{"Content-Type", "application/json"}}).status, 200u);  // same connection
+  ::unlink(path.c_str());
+}
+
+TEST_F(StreamProxy, UnreachableUpstreamIsA502BeforeAnyByte) {
+  proxy.upstream_port = 1;  // nothing listens there
+  Client c(proxy_srv->url());
+  auto r = c.request("POST", "/whole", "1", {{"Content-Type", "application/json"}});
+  EXPECT_EQ(r.status, 502u);
+  EXPECT_NE(r.body.find("cannot connect"), std::string::npos) << r.body;
+}
+
+}  // namespace
+}  // namespace aicloud::http
