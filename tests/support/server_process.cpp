@@ -1,5 +1,9 @@
 #include "support/server_process.h"
 
+#include <iterator>
+
+#include <csignal>
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <fcntl.h>
@@ -32,12 +36,34 @@ std::string source_dir() {
   return "";
 }
 
+namespace {
+
+// SIGKILL to every process whose command line mentions dir (it runs from it or on its files).
+void kill_processes_under(const std::string& dir) {
+  if (dir.size() < 8) return;  // never a short path such as "/" or "/tmp"
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t pid = pid_t(std::stol(name));
+    if (pid == getpid()) continue;
+    std::ifstream f(e.path() / "cmdline", std::ios::binary);
+    std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (cmd.find(dir + "/") != std::string::npos) ::kill(pid, SIGKILL);
+  }
+}
+
+}  // namespace
+
 TempDir::TempDir() {
   std::string tmpl = (fs::temp_directory_path() / "aicloud-test-XXXXXX").string();
   if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
   path_ = tmpl;
 }
 TempDir::~TempDir() {
+  // Workloads outlive their agent by design (a restarted agent re-adopts them): when a test is
+  // over, end every process that still runs from here (supervisors, workloads, llama-server).
+  kill_processes_under(path_);
   if (!std::getenv("AICLOUD_KEEP_TMP")) {
     std::error_code ec;
     fs::remove_all(path_, ec);
