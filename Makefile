@@ -32,7 +32,7 @@ test-asan: setup
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS) --timeout 900
 
-up: build
+up: build engine
 	$(BUILD)/aicloud up
 
 # The HTTP benchmark against nginx on this machine (bench/http/run.sh; its knobs, e.g.

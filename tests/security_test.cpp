@@ -174,6 +174,9 @@ const std::vector<Route> kRoutes = {
     {"DELETE", "/v1/deployments/{id}", Acc::kProject, kProjectUse},
     {"GET", "/v1/organization/usage/completions", Acc::kOrg, kBilling | kAdmin | kOwner},
     {"GET", "/v1/organization/usage/embeddings", Acc::kOrg, kBilling | kAdmin | kOwner},
+    // rate_limit_routes.cpp
+    {"GET", "/v1/organization/projects/{project_id}/rate_limits", Acc::kOrg, kAnyRole},
+    {"POST", "/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", Acc::kOrg, kProjectsWrite},
     // reservation_routes.cpp
     {"POST", "/v1/compute/reservations", Acc::kProject, kProjectUse},
     {"GET", "/v1/compute/reservations", Acc::kProject, kProjectUse},
@@ -229,7 +232,7 @@ std::string fill(const Route& r, const Ids& ids) {
       {"{org_id}", ids.org},     {"{project_id}", ids.project}, {"{key_id}", admin_key ? ids.admin_key : ids.project_key},
       {"{user_id}", ids.user},   {"{region_id}", ids.region},   {"{zone_id}", ids.zone},
       {"{token_id}", ids.token}, {"{node_id}", ids.node}, {"{exec_id}", ids.exec}, {"{quota_id}", ids.quota},
-      {"{ns}", "acme"}, {"{name}", ids.model}, {"{n}", "1"}, {"{registry_id}", "model_" + random_base62(24)}};
+      {"{ns}", "acme"}, {"{name}", ids.model}, {"{n}", "1"}, {"{rate_limit_id}", "rl-" + ids.model}, {"{registry_id}", "model_" + random_base62(24)}};
   for (const auto& [k, v] : subs) {
     for (size_t at; (at = p.find(k)) != std::string::npos;) p.replace(at, k.size(), v);
   }

@@ -5,8 +5,9 @@
 //   agent_load join     --url URL --token JOIN_TOKEN --nodes N [--concurrency 32] [--region R]
 //                       [--gpus 8] --out KEYS_FILE
 //   agent_load beat     --url URL --keys KEYS_FILE [--agents N] [--interval-ms 5000 (0: none)] [--poll-ms 0]
-//                       [--seconds 30] [--warmup 5] [--pid SERVER_PID]
+//                       [--seconds 30] [--warmup 5] [--pid SERVER_PID] [--background-tid TID] [--trace FILE]
 //   agent_load saturate --url URL --keys KEYS_FILE [--connections 64] [--seconds 10] [--pid PID]
+//                       [--background-tid TID]
 //
 // join:     N nodes join with the token, `concurrency` at a time; writes "node_id node_key" lines.
 // beat:     open loop, as the agents do: each agent sends POST /agent/v1/heartbeat every
@@ -19,6 +20,9 @@
 // saturate: closed loop over `connections` agents, each sending its next heartbeat as soon as
 //           the previous answer arrives: the most heartbeats per second the server answers.
 //
+// --pid: report the CPU of that process (the server) over the measured window, and of each of
+// its threads; --background-tid: split it into that thread (the server's scheduler loop, found
+// as the busiest thread while no requests are sent) and the rest (the HTTP threads).
 // Output ends with one machine-readable line, "RESULT key=value ...", that run.sh parses.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -225,10 +229,13 @@ class Loop {
 
   size_t in_flight() const { return in_flight_; }
 
-  // Waits up to timeout_ms for socket events and handles them.
-  void poll(int timeout_ms) {
+  // Waits up to timeout_us for socket events and handles them. Microseconds (epoll_pwait2), so
+  // that waiting for the next due request never spins: at 2,000 requests a second the next one
+  // is usually less than a millisecond away.
+  void poll_us(int64_t timeout_us) {
     epoll_event evs[512];
-    int n = epoll_wait(ep_, evs, 512, timeout_ms);
+    timespec ts{static_cast<time_t>(timeout_us / 1'000'000), static_cast<long>(timeout_us % 1'000'000) * 1000};
+    int n = epoll_pwait2(ep_, evs, 512, &ts, nullptr);
     if (n < 0 && errno != EINTR) die("epoll_wait: " + std::string(std::strerror(errno)));
     for (int k = 0; k < n; ++k) {
       size_t i = evs[k].data.u64;
@@ -428,7 +435,7 @@ int cmd_join(const Args& a) {
     assigned[c] = next++;
     loop.request(c, 0, now_us());
   }
-  while (done < nodes) loop.poll(10000);
+  while (done < nodes) loop.poll_us(10'000'000);
   double secs = double(now_us() - t0) / 1e6;
   std::ofstream out(out_path);
   for (long n = 0; n < nodes; ++n) out << ids[size_t(n)] << ' ' << keys[size_t(n)] << '\n';
@@ -448,6 +455,7 @@ struct Window {
   double server_cpu0 = 0, self_cpu0 = 0;
   std::pair<double, double> machine0;
   std::map<int, double> threads0;
+  int bg_tid = 0;
   int64_t t0 = 0;
   void start(int server_pid) {
     pid = server_pid;
@@ -469,21 +477,30 @@ struct Window {
     std::printf("  CPU over %.1f s, in cores (1.00 = one core busy): server %.3f, this generator %.3f, "
                 "everything else on the machine %.3f (of %ld)\n",
                 secs, server, self, std::max(0.0, others), ncpu);
-    if (pid) {  // which of the server's threads: the HTTP workers, or a background loop
+    // Which of the server's threads: the HTTP workers, or a background loop (bg_tid, when
+    // known: the busiest thread of a run in which no requests were sent).
+    int busiest = 0;
+    double bg = 0;
+    if (pid) {
       std::vector<std::pair<double, int>> busy_threads;
       for (const auto& [tid, cpu] : thread_cpu_seconds(pid)) {
         auto it = threads0.find(tid);
         double d = (cpu - (it == threads0.end() ? 0 : it->second)) / secs;
+        if (tid == bg_tid) bg = d;
         if (d >= 0.005) busy_threads.emplace_back(d, tid);
       }
       std::sort(busy_threads.rbegin(), busy_threads.rend());
+      if (!busy_threads.empty()) busiest = busy_threads.front().second;
       std::printf("  server threads above 0.005 cores:");
       for (const auto& [d, tid] : busy_threads) std::printf(" %d: %.3f", tid, d);
+      if (bg_tid) std::printf(" (background thread %d: %.3f; the rest: %.3f)", bg_tid, bg, server - bg);
       std::printf("\n");
     }
-    char buf[256];
-    std::snprintf(buf, sizeof(buf), "window_s=%.2f server_cpu=%.4f generator_cpu=%.4f other_cpu=%.4f", secs, server, self,
-                  std::max(0.0, others));
+    char buf[320];
+    std::snprintf(buf, sizeof(buf),
+                  "window_s=%.2f server_cpu=%.4f generator_cpu=%.4f other_cpu=%.4f busiest_tid=%d background_cpu=%.4f "
+                  "http_cpu=%.4f",
+                  secs, server, self, std::max(0.0, others), busiest, bg, server - bg);
     return buf;
   }
 };
@@ -493,6 +510,9 @@ int cmd_beat(const Args& a) {
   long agents = a.num("agents", 10000), interval_ms = a.num("interval-ms", 5000), poll_ms = a.num("poll-ms", 0);
   long seconds = a.num("seconds", 30), warmup = a.num("warmup", 5), pid = a.num("pid", 0);
   auto keys = read_keys(a.need("keys"), size_t(agents));
+  int bg_tid = int(a.num("background-tid", 0));
+  std::string trace_path = a.get("trace");  // optional: "seconds_since_start kind latency_us" per answer
+  std::vector<std::tuple<int64_t, int, uint32_t>> trace;
   enum { kBeat = 0, kPoll = 1 };
   std::vector<uint32_t> lat[2];
   long answered[2] = {0, 0}, late = 0;
@@ -507,6 +527,7 @@ int cmd_beat(const Args& a) {
     int64_t l = now_us() - due;
     lat[kind].push_back(uint32_t(std::min<int64_t>(l, UINT32_MAX)));
     ++answered[kind];
+    if (!trace_path.empty()) trace.emplace_back(due, kind, lat[kind].back());
   };
   std::printf("opening %ld connections...\n", agents);
   std::fflush(stdout);
@@ -522,6 +543,7 @@ int cmd_beat(const Args& a) {
   }
   int64_t measure_at = start + warmup * 1'000'000, end = measure_at + seconds * 1'000'000;
   Window w;
+  w.bg_tid = bg_tid;
   std::printf("%ld agents: a heartbeat every %ld ms each (%.0f/s; 0 = none)%s; %ld s warm-up, then %ld s measured\n",
               agents, interval_ms, interval_ms > 0 ? double(agents) * 1000.0 / double(interval_ms) : 0.0,
               poll_ms > 0 ? (", and GET /agent/v1/assignments every " + std::to_string(poll_ms) + " ms each (" +
@@ -545,11 +567,14 @@ int cmd_beat(const Args& a) {
     }
     int64_t next = due.empty() ? end : std::min(end, std::get<0>(due.top()));
     if (!measuring) next = std::min(next, measure_at);
-    int wait_ms = int(std::max<int64_t>(0, (next - now_us()) / 1000));
-    loop.poll(wait_ms);
+    loop.poll_us(std::max<int64_t>(0, next - now_us()));
   }
   std::string cpu = w.finish();
   double secs = double(now_us() - w.t0) / 1e6;
+  if (!trace_path.empty()) {
+    std::ofstream t(trace_path);
+    for (const auto& [due, kind, l] : trace) t << double(due - w.t0) / 1e6 << ' ' << kind << ' ' << l << '\n';
+  }
   // Requests still unanswered at the end: count their age so far (a stalled server shows).
   long unanswered = long(loop.in_flight());
   std::printf("  heartbeats: %ld answered in %.1f s = %.0f/s; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
@@ -575,6 +600,7 @@ int cmd_beat(const Args& a) {
 int cmd_saturate(const Args& a) {
   Url url = parse_url(a.need("url"));
   long conns = a.num("connections", 64), seconds = a.num("seconds", 10), pid = a.num("pid", 0);
+  int bg_tid = int(a.num("background-tid", 0));
   auto keys = read_keys(a.need("keys"), size_t(conns));
   std::vector<uint32_t> lat;
   long answered = 0;
@@ -594,18 +620,19 @@ int cmd_saturate(const Args& a) {
   int64_t t0 = now_us(), measure_at = t0 + 2'000'000, end = measure_at + seconds * 1'000'000;
   for (size_t c = 0; c < loop.size(); ++c) loop.request(c, 0, now_us());
   Window w;
+  w.bg_tid = bg_tid;
   while (now_us() < end) {
     if (!measuring && now_us() >= measure_at) {
       measuring = true;
       w.start(int(pid));
     }
-    loop.poll(50);
+    loop.poll_us(50'000);
   }
   std::string cpu = w.finish();
   double secs = double(now_us() - w.t0) / 1e6;
   stopping = true;
   measuring = false;
-  while (loop.in_flight() > 0) loop.poll(1000);
+  while (loop.in_flight() > 0) loop.poll_us(1'000'000);
   std::printf("  saturation: %ld heartbeats in %.1f s = %.0f/s over %ld connections; latency p50 %.2f ms, p99 %.2f ms\n",
               answered, secs, double(answered) / secs, conns, percentile(lat, 0.5) / 1000, percentile(lat, 0.99) / 1000);
   std::printf("RESULT connections=%ld beats=%ld beat_rate=%.1f beat_p50_us=%.0f beat_p99_us=%.0f %s\n", conns, answered,
@@ -617,8 +644,9 @@ int cmd_saturate(const Args& a) {
   std::fprintf(stderr,
                "usage: agent_load join --url URL --token T --nodes N [--concurrency C] [--region R] [--gpus G] --out FILE\n"
                "       agent_load beat --url URL --keys FILE [--agents N] [--interval-ms MS] [--poll-ms MS]\n"
-               "                       [--seconds S] [--warmup S] [--pid SERVER_PID]\n"
-               "       agent_load saturate --url URL --keys FILE [--connections C] [--seconds S] [--pid SERVER_PID]\n");
+               "                       [--seconds S] [--warmup S] [--pid SERVER_PID] [--background-tid TID] [--trace FILE]\n"
+               "       agent_load saturate --url URL --keys FILE [--connections C] [--seconds S] [--pid SERVER_PID]\n"
+               "                       [--background-tid TID]\n");
   std::exit(2);
 }
 

@@ -168,23 +168,43 @@ has_case nginx && start_nginx
 # ---- wrk ----------------------------------------------------------------------------------------
 RESULTS=$TMP/results.txt
 : >"$RESULTS"
-# wrk_run CASE SECONDS URL [VAR=VALUE...]: one wrk run; appends "CASE rps p50_us p99_us non2xx errors".
+# cpu_ticks PID...: utime + stime (all threads) of those processes and of their children (nginx:
+# the master and its workers), in clock ticks, from /proc/PID/stat.
+cpu_ticks() {
+  local p pids=() t=0 v
+  for p in "$@"; do pids+=("$p" $(pgrep -P "$p" 2>/dev/null || true)); done
+  for p in "${pids[@]}"; do
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || continue
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+# wrk_run CASE SECONDS URL [VAR=VALUE...]: one wrk run; appends
+# "CASE rps p50_us p99_us non2xx errors server_cpu_us_per_request".
 wrk_run() {
-  local name=$1 secs=$2 url=$3 out line
+  local name=$1 secs=$2 url=$3 out line pid c0 c1
   shift 3
+  pid=$SERVER_PID
+  [ "$name" = nginx ] && pid=$NGINX_PID
+  c0=$(cpu_ticks "$pid")
   out=$(env "$@" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s -s "$LUA" "$url" 2>&1) ||
     die "wrk failed: $out"
+  c1=$(cpu_ticks "$pid")
   line=$(grep '^RESULT ' <<<"$out") || die "no RESULT line from wrk: $out"
-  local rps p50 p99 non2xx errors
+  local rps p50 p99 non2xx errors requests cpu_us
   rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$line")
+  requests=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
+  # The serving process's CPU per request (microseconds): steadier than req/s on a busy machine.
+  cpu_us=$(awk -v d=$((c1 - c0)) -v n="$requests" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')
   p50=$(sed -n 's/.* p50_us=\([0-9]*\).*/\1/p' <<<"$line")
   p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$line")
   non2xx=$(sed -n 's/.* non2xx=\([0-9]*\).*/\1/p' <<<"$line")
   errors=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$line")
   [ "${WARM:-0}" = 1 ] && return 0
-  echo "$name $rps $p50 $p99 $non2xx $errors" >>"$RESULTS"
-  printf '  %-6s run: %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %s  socket errors %s\n' \
-    "$name" "$rps" "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$non2xx" "$errors"
+  echo "$name $rps $p50 $p99 $non2xx $errors $cpu_us" >>"$RESULTS"
+  printf '  %-6s run: %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  server CPU %5.1f us/req  non-2xx %s  socket errors %s\n' \
+    "$name" "$rps" "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$cpu_us" "$non2xx" "$errors"
 }
 GET_ENV=(BENCH_METHOD=GET "BENCH_KEY=$KEY")
 POST_ENV=(BENCH_METHOD=POST "BENCH_KEY=$KEY" 'BENCH_BODY={"name":"bench project"}')
@@ -234,7 +254,8 @@ if has_case post; then
 fi
 
 # ---- the table ----------------------------------------------------------------------------------
-# median CASE COLUMN: the median of that column (2 = req/s, 3 = p50 us, 4 = p99 us) over the runs.
+# median CASE COLUMN: the median of that column (2 = req/s, 3 = p50 us, 4 = p99 us, 7 = server
+# CPU us per request) over the runs.
 median() {
   awk -v c="$1" -v k="$2" '$1 == c { print $k }' "$RESULTS" | sort -g |
     awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
@@ -249,17 +270,19 @@ label() {
 }
 echo
 echo "Medians of $RUNS runs x ${DURATION} s, wrk -t$WRK_THREADS -c$CONNS:"
-printf '%-46s %10s %9s %9s %8s %8s\n' case "req/s" "p50 ms" "p99 ms" non-2xx errors
+printf '%-46s %10s %9s %9s %12s %8s %8s\n' case "req/s" "p50 ms" "p99 ms" "CPU us/req" non-2xx errors
 for c in get nginx post; do
   has_case "$c" || continue
-  printf '%-46s %10.0f %9.2f %9.2f %8d %8d\n' "$(label "$c")" "$(median "$c" 2)" \
+  printf '%-46s %10.0f %9.2f %9.2f %12.1f %8d %8d\n' "$(label "$c")" "$(median "$c" 2)" \
     "$(awk "BEGIN{print $(median "$c" 3)/1000}")" "$(awk "BEGIN{print $(median "$c" 4)/1000}")" \
-    "$(total "$c" 5)" "$(total "$c" 6)"
+    "$(median "$c" 7)" "$(total "$c" 5)" "$(total "$c" 6)"
 done
 status=0
 if has_case get && has_case nginx; then
   awk -v a="$(median get 2)" -v b="$(median nginx 2)" \
     'BEGIN { printf "aicloud GET / nginx static: %.2f of nginx'"'"'s requests per second\n", a / b }'
+  awk -v a="$(median get 7)" -v b="$(median nginx 7)" \
+    'BEGIN { if (b > 0) printf "CPU per request, aicloud GET / nginx static: %.1fx\n", a / b }'
 fi
 if has_case get; then
   rps=$(median get 2)

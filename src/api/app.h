@@ -73,6 +73,7 @@ class NodeLeases;
 void add_capacity_routes(App& app, NodeLeases& leases);
 void add_compute_routes(App& app, NodeLeases& leases);
 void add_reservation_routes(App& app);
+void add_rate_limit_routes(App& app);  // api/rate_limit_routes.cpp: projects' model rate limits
 void add_usage_routes(App& app);  // metering/usage_routes.cpp  // reservations and quotas
 void add_model_routes(App& app, const std::string& data_dir);  // the model registry (files in DATA_DIR/models)
 

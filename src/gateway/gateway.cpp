@@ -55,6 +55,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   bool stream = false, client_wants_usage = false;
   int64_t t0_ms = now_ms();
   UsageRecord rec;
+  std::vector<std::pair<std::string, std::string>> rl_headers;  // x-ratelimit-* on every answer
+  int64_t rl_reserved = 0;  // tokens taken from the buckets; settled by the real usage
 
   std::mutex mu;  // guards the fields below: the upstream strand, the io thread of a wake, the cancel
   std::optional<Pick> pick;
@@ -188,6 +190,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     content_type = h.content_type;
     headers = h.headers;
     headers.emplace_back("x-request-id", request_id);
+    headers.insert(headers.end(), rl_headers.begin(), rl_headers.end());
     if (stream && status == 200) {
       out->head(200, content_type.empty() ? "text/event-stream" : content_type, headers);
       head_sent = true;
@@ -279,6 +282,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
 
   void fail(const ApiError& e, std::vector<std::pair<std::string, std::string>> extra = {}) {
     http::Response r = error_reply(e, request_id);
+    for (auto& h : rl_headers) r.headers.push_back(h);
     for (auto& h : extra) r.headers.push_back(h);
     finish_record(e.status, [self = shared_from_this(), r = std::move(r)]() mutable { self->out->reply(std::move(r)); });
   }
@@ -291,6 +295,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       done = true;
       rec.status = http_status;
     }
+    // The tokens reserved up front, corrected by what the engine reported (none: all back).
+    if (gw.limiter_) gw.limiter_->settle(rec.project_id, rec.api_key_id, model, rl_reserved, rec.input_tokens + rec.output_tokens);
     rec.ts_ms = now_ms();
     rec.latency_ms = rec.ts_ms - t0_ms;
     auto self = shared_from_this();
@@ -353,7 +359,43 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
                    "model");
   }
 
+  // Rate limits: one request and the tokens it may use (max_tokens + the prompt's bytes / 4).
+  std::vector<std::pair<std::string, std::string>> rl_headers;
+  int64_t reserved = 0;
+  if (limiter_) {
+    int64_t max_out = ep == "embeddings" ? 0 : kDefaultMaxTokens;
+    for (const char* f : {"max_completion_tokens", "max_tokens"}) {
+      auto mt = body.find(f);
+      if (mt != body.end() && mt->is_number_integer() && mt->get<int64_t>() >= 0) {
+        max_out = std::min<int64_t>(mt->get<int64_t>(), kMaxLimit);
+        break;
+      }
+    }
+    int64_t prompt = int64_t(r->is_string() ? r->get_ref<const std::string&>().size() : dump_json(*r).size()) / 4 + 1;
+    auto d = limiter_->acquire(who.project_id, who.actor_id, model, max_out + prompt);
+    rl_headers = RateLimiter::headers(d.report);
+    if (!d.allowed) {
+      bool req = d.exceeded == "requests";
+      int64_t limit = req ? d.report.limit_requests : d.report.limit_tokens;
+      int64_t used = limit - (req ? d.report.remaining_requests : d.report.remaining_tokens);
+      int64_t wanted = req ? 1 : max_out + prompt;
+      ApiError e(429, d.exceeded,
+                 "Rate limit reached for " + model + " in project " + who.project_id + " on " +
+                     (req ? "requests per min (RPM)" : "tokens per min (TPM)") + ": Limit " + std::to_string(limit) +
+                     ", Used " + std::to_string(used) + ", Requested " + std::to_string(wanted) +
+                     ". Please try again in " + RateLimiter::format_duration(d.retry_after_ms) + ".",
+                 "rate_limit_exceeded");
+      http::Response res = error_reply(e, c.request_id);
+      res.headers.insert(res.headers.end(), rl_headers.begin(), rl_headers.end());
+      res.headers.emplace_back("retry-after", std::to_string(std::max<int64_t>(1, (d.retry_after_ms + 999) / 1000)));
+      return res;
+    }
+    reserved = d.reserved_tokens;
+  }
+
   auto ex = std::make_shared<Exchange>(*this);
+  ex->rl_headers = std::move(rl_headers);
+  ex->rl_reserved = reserved;
   ex->endpoint = ep;
   ex->path = path;
   ex->model = model;
@@ -379,6 +421,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
 }
 
 void Gateway::add_routes(App& app) {
+  if (!limiter_) limiter_ = std::make_unique<RateLimiter>(app.store());
   // What this key may use: its organization's models and the platform's catalog.
   app.add({"GET", "/v1/models", Access::kProject, false, "", [](Context& c) {
              json data = json::array();

@@ -2,7 +2,8 @@
 //
 // A request passes, in order: authentication (App's filter chain: the in-memory key cache) ->
 // body checks (JSON, model, the endpoint's required field) -> model resolution (the replica
-// directory, in memory) -> a replica: least outstanding requests, waking a deployment scaled to
+// directory, in memory) -> rate limits (ratelimit.h: in-memory token buckets; 429 when short,
+// x-ratelimit-* headers on every answer) -> a replica: least outstanding requests, waking a deployment scaled to
 // zero and waiting for it up to a limit -> the proxy (asynchronous, streamed chunk by chunk for
 // SSE; retried on another replica when the connection fails before any byte came back; a client
 // that goes away cancels the upstream request) -> one usage record, group-committed before the
@@ -15,6 +16,7 @@
 #include <string>
 
 #include "api/app.h"
+#include "gateway/ratelimit.h"
 #include "gateway/replicas.h"
 #include "http/upstream.h"
 #include "metering/meter.h"
@@ -47,6 +49,7 @@ class Gateway {
   ReplicaDirectory& dir_;
   GatewayOptions opts_;
   std::unique_ptr<http::UpstreamPool> pool_;
+  std::unique_ptr<RateLimiter> limiter_;  // made by add_routes from the App's store
 };
 
 }  // namespace aicloud::gateway

@@ -1,4 +1,5 @@
 #include "server/server_main.h"
+#include "server/up.h"
 
 #include <CLI/CLI.hpp>
 #include <boost/asio.hpp>
@@ -79,6 +80,7 @@ static void schedule_flush(boost::asio::steady_timer& t, AuthService& auth) {
 }
 
 int server_command(int argc, char** argv) {
+  if (std::string(argv[0]) == "up") return up_command(argc, argv);  // server + agent + model (up.h)
   bool up = std::string(argv[0]) == "up";
   CLI::App cli{up ? "Start the single-machine cloud (server on this machine)" : "Run the aicloud control-plane server",
                up ? "aicloud up" : "aicloud server"};
@@ -168,6 +170,7 @@ int server_command(int argc, char** argv) {
     gw.add_routes(app);
     add_deployment_routes(app);
     add_usage_routes(app);
+    add_rate_limit_routes(app);
     app.finalize();
 
     app.set_connection_gauge([&server] { return server.open_connections(); });

@@ -1,0 +1,252 @@
+#include "gateway/ratelimit.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "util/log.h"
+
+namespace aicloud::gateway {
+
+namespace {
+
+int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string bucket_key(char scope, const std::string& id, const std::string& model, char what) {
+  std::string k;
+  k.reserve(id.size() + model.size() + 6);
+  k += scope;
+  k += '\x1f';
+  k += id;
+  k += '\x1f';
+  k += model;
+  k += '\x1f';
+  k += what;
+  return k;
+}
+
+// Milliseconds until a bucket refilling at capacity/min holds `need`.
+int64_t ms_until(double level, double need, int64_t capacity) {
+  if (level >= need || capacity <= 0) return 0;
+  return int64_t(std::ceil((need - level) * 60'000.0 / double(capacity)));
+}
+
+}  // namespace
+
+std::string rate_limit_lookup(const std::string& project_id, const std::string& model) {
+  return project_id + "/" + model;
+}
+
+RateLimits rate_limits_from(const nlohmann::json& d) {
+  RateLimits l;
+  l.requests_per_minute = d.value("max_requests_per_1_minute", l.requests_per_minute);
+  l.tokens_per_minute = d.value("max_tokens_per_1_minute", l.tokens_per_minute);
+  l.requests_per_minute_per_key = d.value("max_requests_per_1_minute_per_key", int64_t(0));
+  l.tokens_per_minute_per_key = d.value("max_tokens_per_1_minute_per_key", int64_t(0));
+  return l;
+}
+
+nlohmann::json rate_limit_json(const std::string& model, const RateLimits& l) {
+  return {{"object", "project.rate_limit"},
+          {"id", "rl-" + model},
+          {"model", model},
+          {"max_requests_per_1_minute", l.requests_per_minute},
+          {"max_tokens_per_1_minute", l.tokens_per_minute},
+          {"max_requests_per_1_minute_per_key", l.requests_per_minute_per_key},
+          {"max_tokens_per_1_minute_per_key", l.tokens_per_minute_per_key}};
+}
+
+RateLimiter::RateLimiter(Store& store) : store_(store) {
+  table_ = std::make_shared<const std::unordered_map<std::string, RateLimits>>();
+  try {
+    reload();
+  } catch (const std::exception& e) {
+    spdlog::error("rate limits: could not load the table: {}", e.what());
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+RateLimiter::~RateLimiter() {
+  {
+    std::lock_guard lk(stop_mu_);
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void RateLimiter::reload() {
+  uint64_t gen = store_.write_generation();  // read first: a write during the load triggers another
+  auto table = std::make_shared<std::unordered_map<std::string, RateLimits>>();
+  {
+    auto tx = store_.begin(false);
+    ListQuery q;
+    q.kind = kRateLimitKind;
+    for (const auto& o : tx->all(q)) (*table)[o.lookup] = rate_limits_from(o.data);
+  }
+  std::lock_guard lk(table_mu_);
+  table_ = std::move(table);
+  loaded_generation_ = gen;
+}
+
+void RateLimiter::run() {
+  int64_t last_full = steady_ms();
+  std::unique_lock lk(stop_mu_);
+  while (!stop_cv_.wait_for(lk, std::chrono::milliseconds(kRefreshMs), [this] { return stopping_; })) {
+    lk.unlock();
+    uint64_t loaded;
+    {
+      std::lock_guard tl(table_mu_);
+      loaded = loaded_generation_;
+    }
+    int64_t now = steady_ms();
+    if (store_.write_generation() != loaded || now - last_full >= kFullReloadMs) {
+      try {
+        reload();
+        last_full = now;
+      } catch (const std::exception& e) {
+        spdlog::warn("rate limits: reload failed (keeping the previous table): {}", e.what());
+      }
+    }
+    lk.lock();
+  }
+}
+
+RateLimits RateLimiter::limits_for(const std::string& project_id, const std::string& model) const {
+  std::shared_ptr<const std::unordered_map<std::string, RateLimits>> t;
+  {
+    std::lock_guard lk(table_mu_);
+    t = table_;
+  }
+  auto it = t->find(rate_limit_lookup(project_id, model));
+  return it == t->end() ? RateLimits{} : it->second;
+}
+
+// Refills b up to capacity; a changed limit keeps what was used (the level moves by the change).
+void RateLimiter::refill(Bucket& b, int64_t capacity, int64_t now) const {
+  if (b.last_ms == 0) {
+    b.level = double(capacity);
+  } else {
+    if (b.capacity != capacity) b.level += double(capacity - b.capacity);
+    if (now > b.last_ms) b.level += double(now - b.last_ms) * double(capacity) / 60'000.0;
+    b.level = std::min(b.level, double(capacity));
+  }
+  b.capacity = capacity;
+  b.last_ms = std::max(now, b.last_ms);
+}
+
+RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const std::string& key_id,
+                                           const std::string& model, int64_t tokens) {
+  RateLimits lim = limits_for(project_id, model);
+  int64_t now = steady_ms();
+  Decision d;
+  std::lock_guard lk(mu_);
+  if (buckets_.size() > sweep_at_) {  // forget full buckets: a new one starts full anyway
+    for (auto it = buckets_.begin(); it != buckets_.end();) {
+      refill(it->second, it->second.capacity, now);
+      it = it->second.level >= double(it->second.capacity) ? buckets_.erase(it) : std::next(it);
+    }
+    sweep_at_ = std::max<size_t>(100'000, 2 * buckets_.size());  // amortized: never a sweep per request
+  }
+  struct Use {
+    Bucket* b;
+    int64_t cap;
+  };
+  std::vector<Use> req, tok;
+  auto use = [&](std::vector<Use>& v, char scope, const std::string& id, char what, int64_t cap) {
+    Bucket& b = buckets_[bucket_key(scope, id, model, what)];
+    refill(b, cap, now);
+    v.push_back({&b, cap});
+  };
+  use(req, 'p', project_id, 'r', lim.requests_per_minute);
+  use(tok, 'p', project_id, 't', lim.tokens_per_minute);
+  if (!key_id.empty() && lim.requests_per_minute_per_key > 0) use(req, 'k', key_id, 'r', lim.requests_per_minute_per_key);
+  if (!key_id.empty() && lim.tokens_per_minute_per_key > 0) use(tok, 'k', key_id, 't', lim.tokens_per_minute_per_key);
+
+  for (const Use& u : req) {
+    if (u.b->level < 1.0) {
+      d.exceeded = "requests";
+      d.retry_after_ms = std::max(d.retry_after_ms, ms_until(u.b->level, 1.0, u.cap));
+    }
+  }
+  if (d.exceeded.empty()) {
+    for (const Use& u : tok) {
+      if (double(tokens) > double(u.cap)) {  // never fits: a full minute is the honest answer
+        d.exceeded = "tokens";
+        d.retry_after_ms = std::max<int64_t>(d.retry_after_ms, 60'000);
+      } else if (u.b->level < double(tokens)) {
+        d.exceeded = "tokens";
+        d.retry_after_ms = std::max(d.retry_after_ms, ms_until(u.b->level, double(tokens), u.cap));
+      }
+    }
+  }
+  d.allowed = d.exceeded.empty();
+  if (d.allowed) {
+    for (const Use& u : req) u.b->level -= 1.0;
+    for (const Use& u : tok) u.b->level -= double(tokens);
+    d.reserved_tokens = tokens;
+  }
+  // Report the most constraining bucket of each kind.
+  auto report = [](const std::vector<Use>& v, int64_t& limit, int64_t& remaining, int64_t& reset) {
+    bool first = true;
+    for (const Use& u : v) {
+      int64_t rem = std::max<int64_t>(0, int64_t(std::floor(u.b->level)));
+      if (first || rem < remaining) {
+        limit = u.cap;
+        remaining = rem;
+        reset = ms_until(u.b->level, double(u.cap), u.cap);
+        first = false;
+      }
+    }
+  };
+  report(req, d.report.limit_requests, d.report.remaining_requests, d.report.reset_requests_ms);
+  report(tok, d.report.limit_tokens, d.report.remaining_tokens, d.report.reset_tokens_ms);
+  return d;
+}
+
+void RateLimiter::settle(const std::string& project_id, const std::string& key_id, const std::string& model,
+                         int64_t reserved, int64_t used) {
+  int64_t diff = reserved - std::max<int64_t>(0, used);
+  if (diff == 0) return;
+  int64_t now = steady_ms();
+  std::lock_guard lk(mu_);
+  for (const std::string& k : {bucket_key('p', project_id, model, 't'), bucket_key('k', key_id, model, 't')}) {
+    auto it = buckets_.find(k);
+    if (it == buckets_.end()) continue;
+    Bucket& b = it->second;
+    refill(b, b.capacity, now);
+    b.level = std::min(b.level + double(diff), double(b.capacity));
+  }
+}
+
+std::string RateLimiter::format_duration(int64_t ms) {
+  if (ms < 0) ms = 0;
+  if (ms < 1000) return std::to_string(ms) + "ms";
+  int64_t s = ms / 1000, frac = ms % 1000;
+  int64_t h = s / 3600, m = (s % 3600) / 60, sec = s % 60;
+  std::string out;
+  if (h) out += std::to_string(h) + "h";
+  if (h || m) out += std::to_string(m) + "m";
+  out += std::to_string(sec);
+  if (frac) {
+    std::string f = std::to_string(frac);
+    f = std::string(3 - f.size(), '0') + f;
+    while (!f.empty() && f.back() == '0') f.pop_back();
+    out += "." + f;
+  }
+  return out + "s";
+}
+
+std::vector<std::pair<std::string, std::string>> RateLimiter::headers(const Report& r) {
+  return {{"x-ratelimit-limit-requests", std::to_string(r.limit_requests)},
+          {"x-ratelimit-remaining-requests", std::to_string(r.remaining_requests)},
+          {"x-ratelimit-reset-requests", format_duration(r.reset_requests_ms)},
+          {"x-ratelimit-limit-tokens", std::to_string(r.limit_tokens)},
+          {"x-ratelimit-remaining-tokens", std::to_string(r.remaining_tokens)},
+          {"x-ratelimit-reset-tokens", format_duration(r.reset_tokens_ms)}};
+}
+
+}  // namespace aicloud::gateway

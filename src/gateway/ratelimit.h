@@ -1,0 +1,117 @@
+// Rate limits of the model gateway: requests per minute and tokens per minute, per project and
+// model, and optionally per API key and model, as token buckets held in memory.
+//
+// Limits are configured per project and model (the store's "rate_limit" objects, written by
+// /v1/organization/projects/{id}/rate_limits). The hot path never reads the store: a background
+// thread reloads the whole table into memory when the store's write_generation() moved (checked
+// every kRefreshMs), and at least every kFullReloadMs for writes made by other servers.
+//
+// A bucket holds at most the per-minute limit and refills continuously at limit/60 s. A request
+// takes 1 from the request buckets and reserves tokens from the token buckets: max_tokens (or
+// kDefaultMaxTokens when the request does not say) plus an estimate of the prompt (bytes / 4).
+// When the request ends, settle() gives back the difference to the real usage (or takes more:
+// a bucket may go into debt, so that a client that under-estimates still pays).
+//
+// A model with no explicit limit for a project gets the defaults below (generous; an operator
+// lowers them per project). Per-key limits are 0 (= none) unless set on the project's limit.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "store/store.h"
+
+namespace aicloud::gateway {
+
+inline constexpr int64_t kDefaultRequestsPerMinute = 10'000;
+inline constexpr int64_t kDefaultTokensPerMinute = 10'000'000;
+inline constexpr int64_t kDefaultMaxTokens = 256;  // reserved when a request has no max_tokens
+inline constexpr int64_t kMaxLimit = 1'000'000'000'000;  // the largest value the API accepts
+
+// One project's limits for one model. 0 in a per-key field = no per-key limit.
+struct RateLimits {
+  int64_t requests_per_minute = kDefaultRequestsPerMinute;
+  int64_t tokens_per_minute = kDefaultTokensPerMinute;
+  int64_t requests_per_minute_per_key = 0;
+  int64_t tokens_per_minute_per_key = 0;
+};
+
+// The store object: kind "rate_limit", lookup "<project_id>/<model>", data holds the fields.
+inline constexpr const char* kRateLimitKind = "rate_limit";
+std::string rate_limit_lookup(const std::string& project_id, const std::string& model);
+RateLimits rate_limits_from(const nlohmann::json& data);
+// OpenAI's project.rate_limit object for a model.
+nlohmann::json rate_limit_json(const std::string& model, const RateLimits& l);
+
+class RateLimiter {
+ public:
+  static constexpr int kRefreshMs = 100;
+  static constexpr int kFullReloadMs = 5'000;
+
+  explicit RateLimiter(Store& store);  // loads the table, then starts the refresh thread
+  ~RateLimiter();
+  RateLimiter(const RateLimiter&) = delete;
+  RateLimiter& operator=(const RateLimiter&) = delete;
+
+  // The state to report in x-ratelimit-* headers: the most constraining bucket of each kind.
+  struct Report {
+    int64_t limit_requests = 0, remaining_requests = 0, reset_requests_ms = 0;
+    int64_t limit_tokens = 0, remaining_tokens = 0, reset_tokens_ms = 0;
+  };
+  struct Decision {
+    bool allowed = false;
+    std::string exceeded;        // "requests" or "tokens" when refused
+    int64_t retry_after_ms = 0;  // when refused: until the bucket holds enough
+    Report report;
+    int64_t reserved_tokens = 0;  // when allowed: what settle() corrects
+  };
+
+  // Takes one request and `tokens` from the project's (and the key's) buckets for `model`, or
+  // nothing at all when any of them is short.
+  Decision acquire(const std::string& project_id, const std::string& key_id, const std::string& model, int64_t tokens);
+  // The request used `used` tokens where `reserved` were taken: the difference goes back.
+  void settle(const std::string& project_id, const std::string& key_id, const std::string& model, int64_t reserved,
+              int64_t used);
+
+  RateLimits limits_for(const std::string& project_id, const std::string& model) const;
+  void reload();  // reads the table now (tests; the refresh thread)
+
+  // "1s", "6m0s", "120ms": the duration format of OpenAI's x-ratelimit-reset-* headers.
+  static std::string format_duration(int64_t ms);
+  // The x-ratelimit-* headers of a report.
+  static std::vector<std::pair<std::string, std::string>> headers(const Report& r);
+
+ private:
+  struct Bucket {
+    double level = 0;  // may go negative (debt after a correction)
+    int64_t last_ms = 0;
+    int64_t capacity = 0;
+  };
+  void refill(Bucket& b, int64_t capacity, int64_t now) const;
+  void run();
+
+  Store& store_;
+  mutable std::mutex table_mu_;
+  std::shared_ptr<const std::unordered_map<std::string, RateLimits>> table_;  // lookup -> limits
+  uint64_t loaded_generation_ = 0;
+
+  std::mutex mu_;  // the buckets
+  std::unordered_map<std::string, Bucket> buckets_;
+  size_t sweep_at_ = 100'000;
+
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace aicloud::gateway
