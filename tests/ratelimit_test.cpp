@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "gateway/ratelimit.h"
-#include "support/server_process.h"
+#include "support/model_cloud.h"
 
 using namespace aicloud;
 using namespace aicloud::test;
@@ -23,77 +23,29 @@ using namespace std::chrono_literals;
 
 namespace {
 
-pid_t spawn(std::vector<std::string> args, const std::string& log) {
-  std::vector<char*> a;
-  for (auto& s : args) a.push_back(s.data());
-  a.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    execv(a[0], a.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int run(const std::string& cmd) { return std::system(cmd.c_str()); }
-
 class RateLimit : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    srv = new ServerProcess({"--heartbeat-interval-ms", "500"});
-    c = srv->client().release();
-    Api op{*c, srv->admin_key(), ""};
-    op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
-    op.post("/admin/v1/zones", {{"id", "eu-west-1a"}, {"region", "eu-west-1"}}, 201);
-    std::string token = op.post("/admin/v1/join_tokens", {{"zone", "eu-west-1a"}, {"max_uses", 0}}, 201)["token"];
-    work = new TempDir();
-    chmod(work->path().c_str(), 0711);  // the agent runs workloads as nobody
-    agent = spawn({aicloud_binary(), "agent", "--server", srv->url(), "--work-dir", work->path() + "/node-a",
-                   "--join-token", token, "--name", "node-a", "--gpus", "2xH100-80GB", "--address", "127.0.0.1",
-                   "--log-level", "warn"},
-                  work->path() + "/node-a.log");
-    // The tiny model, imported into the catalog by the operator.
-    std::string file = work->path() + "/tiny.gguf";
-    ASSERT_EQ(run(aicloud_binary() + " models create-tiny --name tiny-llama --out " + file + " >/dev/null"), 0);
-    op.post("/v1/models/import", {{"name", "tiny-llama"}, {"path", file}}, 201);
-    a = new Tenant(make_tenant(*c, srv->admin_key(), "acme"));
-    b = new Tenant(make_tenant(*c, srv->admin_key(), "beta"));
-    Api p{*c, a->project_key, ""};
-    json dep = p.post("/v1/deployments", {{"model", "tiny-llama"}, {"region", "eu-west-1"},
-                                          {"resources", {{"gpu_type", "H100-80GB"}, {"gpus", 1}}},
-                                          {"engine_args", {{"context_size", 512}, {"parallel", 2}}}},
-                      201);
-    dep_id = dep["id"];
-    for (int i = 0; i < 1200; ++i) {  // up to 60 s: the agent installs the engine and fetches the model
-      json d = p.get("/v1/deployments/" + dep_id);
-      if (d["status"]["ready_replicas"] == 1) return;
-      std::this_thread::sleep_for(50ms);
+    try {
+      cloud = new ModelCloud();
+    } catch (const std::exception& e) {
+      FAIL() << e.what();
     }
-    FAIL() << "the deployment did not become ready: " << p.get("/v1/deployments/" + dep_id).dump() << "\n"
-           << p.get("/v1/compute/services").dump();
+    srv = cloud->srv.get();
+    c = cloud->c.get();
+    a = &cloud->a;
+    b = &cloud->b;
+    dep_id = cloud->dep_id;
   }
   static void TearDownTestSuite() {
-    if (agent > 0) {
-      ::kill(agent, SIGTERM);
-      int st;
-      waitpid(agent, &st, 0);
-    }
-    delete a;
-    delete b;
-    delete c;
-    delete srv;
-    delete work;
+    delete cloud;
+    cloud = nullptr;
   }
 
   http::ClientResponse post(const std::string& key, const std::string& path, const json& body) {
-    return c->request("POST", path, body.dump(), {{"Authorization", "Bearer " + key}, {"Content-Type", "application/json"}});
+    return cloud->post(key, path, body);
   }
-  static json chat(const std::string& text, int max_tokens = 8) {
-    return {{"model", "tiny-llama"}, {"messages", {{{"role", "user"}, {"content", text}}}}, {"max_tokens", max_tokens}};
-  }
+  static json chat(const std::string& text, int max_tokens = 8) { return ModelCloud::chat(text, max_tokens); }
 
   struct Proj {
     std::string id, key, key_id;
@@ -120,17 +72,15 @@ class RateLimit : public ::testing::Test {
     return v.empty() ? -1 : std::stoll(v);
   }
 
+  static ModelCloud* cloud;
   static ServerProcess* srv;
   static http::Client* c;
-  static TempDir* work;
-  static pid_t agent;
   static Tenant *a, *b;
   static std::string dep_id;
 };
+ModelCloud* RateLimit::cloud = nullptr;
 ServerProcess* RateLimit::srv = nullptr;
 http::Client* RateLimit::c = nullptr;
-TempDir* RateLimit::work = nullptr;
-pid_t RateLimit::agent = -1;
 Tenant* RateLimit::a = nullptr;
 Tenant* RateLimit::b = nullptr;
 std::string RateLimit::dep_id;
