@@ -237,7 +237,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // ---- responses produced later (http/stream.h) ----
   // The session holds no io thread while it waits: the producer's notify posts pump() to this
-  // session's strand; pump() writes what has arrived, one write at a time.
+  // session's own io thread; pump() writes what has arrived, one write at a time.
   void await_stream(Response r, unsigned version) {
     out_ = std::move(r.stream);
     out_close_ = r.close;
