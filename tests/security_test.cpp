@@ -172,6 +172,10 @@ const std::vector<Route> kRoutes = {
     {"GET", "/v1/deployments/{id}", Acc::kProject, kProjectUse},
     {"POST", "/v1/deployments/{id}", Acc::kProject, kProjectUse},
     {"DELETE", "/v1/deployments/{id}", Acc::kProject, kProjectUse},
+    {"GET", "/admin/v1/endpoints", Acc::kOperator},
+    {"POST", "/admin/v1/endpoints", Acc::kOperator},
+    {"GET", "/admin/v1/endpoints/{id}", Acc::kOperator},
+    {"DELETE", "/admin/v1/endpoints/{id}", Acc::kOperator},
     {"GET", "/v1/organization/usage/completions", Acc::kOrg, kBilling | kAdmin | kOwner},
     {"GET", "/v1/organization/usage/embeddings", Acc::kOrg, kBilling | kAdmin | kOwner},
     // rate_limit_routes.cpp
@@ -208,6 +212,7 @@ struct Ids {
   std::string exec, reservation, quota;
   std::string deployment = "dep_" + random_base62(24);        // made up: a deployment needs a model file
   std::string model = "no-such-model", upload = "upload_" + random_base62(24);
+  std::string endpoint;
 };
 
 // Reservations belong to the organization, not to one project: another project of the same
@@ -223,6 +228,7 @@ std::string fill(const Route& r, const Ids& ids) {
                    : p.starts_with("/agent/v1/assignments/") ? ids.assignment
                    : p.starts_with("/agent/v1/execs/") ? ids.exec
                    : p.starts_with("/v1/deployments/") ? ids.deployment
+                   : p.starts_with("/admin/v1/endpoints/") ? ids.endpoint
                    : p.starts_with("/v1/models/uploads/") ? ids.upload
                    : p.starts_with("/v1/models/") || p.starts_with("/agent/v1/models/") ? ids.model
                    : p.starts_with("/v1/compute/reservations/") || p.starts_with("/admin/v1/reservations/") ? ids.reservation
@@ -358,6 +364,9 @@ class Security : public ::testing::Test {
     json joined = anon.post("/agent/v1/join", {{"join_token", jt["token"]}, {"name", "node-1"}, {"gpus", gpus}}, 201);
     ids.node = joined["node"]["id"];
     node_key = joined["node_key"];
+    // An external endpoint (nothing connects to it until a request uses it).
+    ids.endpoint = op.post("/admin/v1/endpoints", {{"model", "partner-model"}, {"url", "http://127.0.0.1:9"},
+                                                   {"region", "eu-west-1"}}, 201)["id"];
   }
 
   // One workload of each kind in A's project.
@@ -708,6 +717,7 @@ TEST_F(Security, OperatorAndAgentRoutesRefuseEveryoneElse) {
   fake.zone = "no-such-zone";
   fake.token = fake_like(ids.token);
   fake.node = fake_like(ids.node);
+  fake.endpoint = fake_like(ids.endpoint);
   const std::vector<std::pair<std::string, std::string>> who = {{"A's admin key", a.admin_key},
                                                                 {"A's project key", a.project_key},
                                                                 {"A's owner session", a_owner.token},

@@ -3,7 +3,9 @@
 #include <boost/asio.hpp>
 
 #include <mutex>
+#include <set>
 
+#include "gateway/endpoints.h"
 #include "http/stream.h"
 #include "models/registry.h"
 #include "util/error.h"
@@ -35,6 +37,10 @@ void read_usage(const json& j, UsageRecord& rec) {
   if (d != u->end() && d->is_object()) rec.cached_tokens = d->value("cached_tokens", int64_t(0));
   auto t = j.find("timings");
   if (rec.cached_tokens == 0 && t != j.end() && t->is_object()) rec.cached_tokens = t->value("cache_n", int64_t(0));
+}
+
+json endpoint_model_json(const EndpointModel& e) {
+  return {{"id", e.name}, {"object", "model"}, {"created", e.created_at}, {"owned_by", e.owner}};
 }
 
 bool is_json_type(std::string_view v) {
@@ -425,15 +431,24 @@ void Gateway::add_routes(App& app) {
   // What this key may use: its organization's models and the platform's catalog.
   app.add({"GET", "/v1/models", Access::kProject, false, "", [](Context& c) {
              json data = json::array();
-             for (const auto& m : models::models_visible_to(*c.tx, c.who().org_id)) data.push_back(models::model_json(m));
+             std::set<std::string> names;
+             for (const auto& m : models::models_visible_to(*c.tx, c.who().org_id)) {
+               names.insert(m.name);
+               data.push_back(models::model_json(m));
+             }
+             for (const auto& e : endpoint_models_visible_to(*c.tx, c.who().org_id)) {
+               if (names.insert(e.name).second) data.push_back(endpoint_model_json(e));
+             }
              return json{{"object", "list"}, {"data", data}};
            }});
   auto one = [](Context& c) {
     std::string name(c.param("id"));
     if (name.empty()) name = std::string(c.param("ns")) + "/" + std::string(c.param("name"));
-    auto m = models::find_model(*c.tx, c.who().org_id, name);
-    if (!m) models::throw_model_not_found(name);
-    return models::model_json(*m);
+    if (auto m = models::find_model(*c.tx, c.who().org_id, name)) return models::model_json(*m);
+    for (const auto& e : endpoint_models_visible_to(*c.tx, c.who().org_id)) {
+      if (e.name == name) return endpoint_model_json(e);
+    }
+    models::throw_model_not_found(name);
   };
   app.add({"GET", "/v1/models/{id}", Access::kProject, false, "", one});
   app.add({"GET", "/v1/models/{ns}/{name}", Access::kProject, false, "", one});

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "api/app.h"
+#include "gateway/endpoints.h"
 #include "models/registry.h"
 #include "util/error.h"
 #include "util/ids.h"
@@ -407,6 +408,16 @@ void DeploymentController::round() {
         tx.update(d);
       }
     }
+    // The operator's external endpoints are served the same way (one replica each).
+    std::set<std::string> endpoints;
+    for (auto& g : gateway::endpoint_deployments(tx)) {
+      endpoints.insert(g.id);
+      publish.push_back(std::move(g));
+    }
+    for (const auto& id : published_endpoints_) {
+      if (!endpoints.count(id)) unpublish.push_back(id);
+    }
+    published_endpoints_ = std::move(endpoints);
   });
   for (auto& g : publish) dir_.set(std::move(g));
   for (auto& id : unpublish) dir_.remove(id);

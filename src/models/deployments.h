@@ -8,7 +8,8 @@
 //   - replicas of an older spec generation are replaced one at a time (a new one first, the old
 //     one stopped once the new one is ready);
 //   - failed replicas are replaced (they no longer count);
-//   - the gateway's ReplicaDirectory gets the ready replicas (endpoint + engine key).
+//   - the gateway's ReplicaDirectory gets the ready replicas (endpoint + engine key), and the
+//     operator's external endpoints (gateway/endpoints.h) as deployments of one replica each.
 // A replica's command names the engine and the model by placeholder ({engine:llama-server},
 // {model:ID:SHA256}, {port}); the agent resolves them on its node (engine build, model cache).
 #pragma once
@@ -52,6 +53,7 @@ class DeploymentController {
   std::thread thread_;
   std::set<std::string> woken_;              // deployments a request asked to wake
   std::map<std::string, int64_t> last_busy_; // deployment -> last time (ms) it had requests in flight
+  std::set<std::string> published_endpoints_; // external endpoints in the directory (gateway/endpoints.h)
 };
 
 void add_deployment_routes(App& app);

@@ -12,6 +12,7 @@
 
 #include "api/app.h"
 #include "capacity/leases.h"
+#include "gateway/endpoints.h"
 #include "gateway/gateway.h"
 #include "metering/meter.h"
 #include "models/deployments.h"
@@ -169,6 +170,7 @@ int server_command(int argc, char** argv) {
     gateway::Gateway gw(server.io(), meter, replicas);
     gw.add_routes(app);
     add_deployment_routes(app);
+    gateway::add_endpoint_routes(app);
     add_usage_routes(app);
     add_rate_limit_routes(app);
     app.finalize();

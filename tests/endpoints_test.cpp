@@ -1,0 +1,154 @@
+// External endpoints (gateway/endpoints.h): the operator registers an OpenAI-compatible upstream
+// that aicloud does not run, and tenants use it through the gateway with their own keys, rate
+// limits and usage records. The upstream here is a real HTTP server in the test process that
+// answers with canned completions and remembers what it was sent.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "http/server.h"
+#include "support/server_process.h"
+
+using namespace aicloud;
+using namespace aicloud::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+class CannedUpstream : public http::Handler {
+ public:
+  http::Response handle(http::Request& req, const std::string&) override {
+    {
+      std::lock_guard lk(mu);
+      last_auth = std::string(req[http::bhttp::field::authorization]);
+      last_target = std::string(req.target());
+      last_body = req.body();
+      ++requests;
+    }
+    http::Response r;
+    json in = json::parse(req.body(), nullptr, false);
+    if (in.is_object() && in.value("stream", false)) {
+      r.content_type = "text/event-stream";
+      r.body =
+          "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"partner-echo\",\"choices\":[{\"index\":0,"
+          "\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n"
+          "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"partner-echo\",\"choices\":[],"
+          "\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n"
+          "data: [DONE]\n\n";
+      return r;
+    }
+    r.body = json{{"id", "c1"}, {"object", "chat.completion"}, {"created", 1}, {"model", "partner-echo"},
+                  {"choices", {{{"index", 0}, {"message", {{"role", "assistant"}, {"content", "hi"}}}, {"finish_reason", "stop"}}}},
+                  {"usage", {{"prompt_tokens", 7}, {"completion_tokens", 3}, {"total_tokens", 10}}}}
+                 .dump();
+    return r;
+  }
+  http::Response protocol_error(unsigned status, const std::string& message) override {
+    http::Response r;
+    r.status = status;
+    r.body = message;
+    return r;
+  }
+  std::mutex mu;
+  std::string last_auth, last_target, last_body;
+  int requests = 0;
+};
+
+json chat() { return {{"model", "partner-echo"}, {"messages", {{{"role", "user"}, {"content", "hello"}}}}}; }
+
+TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
+  CannedUpstream canned;
+  http::ServerOptions so;
+  so.port = 0;
+  so.threads = 1;
+  http::Server upstream(so, canned);
+  std::thread up_thread([&] { upstream.run(); });
+
+  ServerProcess srv;
+  auto c = srv.client();
+  Api op{*c, srv.admin_key(), ""};
+  op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
+  Tenant a = make_tenant(*c, srv.admin_key(), "acme");
+  Tenant b = make_tenant(*c, srv.admin_key(), "beta");
+  std::string url = "http://127.0.0.1:" + std::to_string(upstream.port()) + "/v1";
+
+  // Bad input, and nobody but the operator.
+  auto bad = op.call("POST", "/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", "ftp://x"}, {"region", "eu-west-1"}});
+  EXPECT_EQ(bad.status, 400u);
+  EXPECT_EQ(json::parse(bad.body)["error"]["param"], "url") << bad.body;
+  bad = op.call("POST", "/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", url}, {"region", "mars-1"}});
+  EXPECT_EQ(json::parse(bad.body)["error"]["param"], "region") << bad.body;
+  Api tenant{*c, a.admin_key, ""};
+  EXPECT_EQ(tenant.call("POST", "/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", url}, {"region", "eu-west-1"}}).status,
+            403u);
+
+  json ep = op.post("/admin/v1/endpoints",
+                    {{"model", "partner-echo"}, {"url", url}, {"region", "eu-west-1"}, {"api_key", "sk-upstream-secret"},
+                     {"organization_id", a.org_id}},
+                    201);
+  EXPECT_EQ(ep["api_key_set"], true);
+  EXPECT_FALSE(ep.contains("api_key")) << "the upstream's key is never shown";
+  EXPECT_EQ(op.get("/admin/v1/endpoints")["data"].size(), 1u);
+
+  // Published on the controller's next round.
+  Api pa{*c, a.project_key, ""};
+  http::ClientResponse r;
+  for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
+    r = pa.call("POST", "/v1/chat/completions", chat());
+    if (r.status == 200) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(json::parse(r.body)["choices"][0]["message"]["content"], "hi");
+  {
+    std::lock_guard lk(canned.mu);
+    EXPECT_EQ(canned.last_auth, "Bearer sk-upstream-secret");
+    EXPECT_EQ(canned.last_target, "/v1/chat/completions");
+  }
+  // Streamed, with the usage chunk passed on when asked for.
+  json s = chat();
+  s["stream"] = true;
+  s["stream_options"] = {{"include_usage", true}};
+  auto st = pa.call("POST", "/v1/chat/completions", s);
+  ASSERT_EQ(st.status, 200u) << st.body;
+  EXPECT_NE(st.body.find("\"prompt_tokens\":7"), std::string::npos) << st.body;
+  EXPECT_NE(st.body.find("data: [DONE]"), std::string::npos) << st.body;
+
+  // Listed for A; invisible to B.
+  json models = pa.get("/v1/models");
+  bool listed = false;
+  for (const auto& m : models["data"]) listed |= m["id"] == "partner-echo";
+  EXPECT_TRUE(listed) << models.dump();
+  EXPECT_EQ(pa.get("/v1/models/partner-echo")["owned_by"], a.org_id);
+  Api pb{*c, b.project_key, ""};
+  for (const auto& m : pb.get("/v1/models")["data"]) EXPECT_NE(m["id"], "partner-echo");
+  auto rb = pb.call("POST", "/v1/chat/completions", chat());
+  EXPECT_EQ(rb.status, 404u);
+  EXPECT_EQ(json::parse(rb.body)["error"]["code"], "model_not_found");
+  pb.get("/v1/models/partner-echo", 404);
+
+  // Metered as A's: the upstream's reported tokens, with the endpoint as the deployment.
+  int64_t day = int64_t(time(nullptr)) / 86400 * 86400;
+  json u = tenant.get("/v1/organization/usage/completions?start_time=" + std::to_string(day) + "&limit=1");
+  ASSERT_EQ(u["data"][0]["results"].size(), 1u) << u.dump();
+  EXPECT_EQ(u["data"][0]["results"][0]["num_model_requests"], 2);
+  EXPECT_EQ(u["data"][0]["results"][0]["input_tokens"], 14);
+  EXPECT_EQ(u["data"][0]["results"][0]["output_tokens"], 6);
+
+  // Deleted: gone from the gateway within a round or two.
+  op.del("/admin/v1/endpoints/" + ep["id"].get<std::string>());
+  for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
+    r = pa.call("POST", "/v1/chat/completions", chat());
+    if (r.status == 404) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(r.status, 404u) << r.body;
+  op.get("/admin/v1/endpoints/" + ep["id"].get<std::string>(), 404);
+
+  upstream.stop();
+  up_thread.join();
+}
+
+}  // namespace
