@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: setup configure build test test-asan up fuzz bench clean engine
+.PHONY: setup configure build test test-asan up fuzz bench bench-gateway clean engine
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +39,12 @@ up: build engine
 # RUNS=3 DURATION=5, pass through the environment). Figures: docs/PERFORMANCE.md.
 bench: build
 	AICLOUD_BIN=$(BUILD)/aicloud bash bench/http/run.sh
+
+# The gateway against nginx (direct and as a reverse proxy) and llama-server direct
+# (bench/gateway/run.sh; knobs such as RUNS, DURATION, RATE, SYNC, CASES pass through the
+# environment). Figures: docs/PERFORMANCE.md.
+bench-gateway: build engine
+	AICLOUD_BIN=$(BUILD)/aicloud bash bench/gateway/run.sh
 
 # The request fuzzer for FUZZ_SECONDS on fuzz/corpus, keeping what it finds in fuzz/corpus-run/
 # (make test runs it for 25 s). See fuzz/README.md.

@@ -34,8 +34,9 @@ SEED_PROJECTS=${SEED_PROJECTS:-4}
 CASES=${CASES:-get nginx post}
 MAX_AUTH_MISSES=${MAX_AUTH_MISSES:-0}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+# shellcheck source=../lib.sh
+source "$ROOT/bench/lib.sh"
 
-die() { echo "bench: $*" >&2; exit 1; }
 [ -x "$BIN" ] || die "$BIN not found: build it first (make build)"
 command -v wrk >/dev/null || die "wrk not found: run scripts/setup.sh (Debian package wrk)"
 command -v curl >/dev/null || die "curl not found: run scripts/setup.sh"
@@ -64,41 +65,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- the server -------------------------------------------------------------------------------
-"$BIN" server --listen 127.0.0.1:0 --data-dir "$TMP/data" --log-level "$LOG_LEVEL" \
-  --threads "$SERVER_THREADS" --sync "$SYNC" >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
-URL=""
-for _ in $(seq 150); do
-  kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start"
-  if [ -s "$TMP/data/server.url" ]; then
-    URL=$(head -n1 "$TMP/data/server.url")
-    curl -sf "$URL/healthz" >/dev/null 2>&1 && break
-  fi
-  URL=""
-  sleep 0.1
-done
-[ -n "$URL" ] || die "the server did not become healthy in 15 s"
-[[ "$URL" == http://127.0.0.1:* ]] || die "unexpected server URL $URL (want 127.0.0.1)"
-OPERATOR_KEY=$(head -n1 "$TMP/data/admin.key")
+start_server "$LOG_LEVEL" "$SERVER_THREADS" "$SYNC"
 
-# api METHOD PATH KEY ORG [BODY]: prints the body; fails unless the status is 2xx.
-api() {
-  local out code
-  out=$(curl -sS -X "$1" "$URL$2" -H "Authorization: Bearer $3" ${4:+-H "OpenAI-Organization: $4"} \
-    -H 'Content-Type: application/json' ${5:+--data "$5"} -w $'\n%{http_code}')
-  code=${out##*$'\n'}
-  out=${out%$'\n'*}
-  [[ "$code" == 2* ]] || die "$1 $2: HTTP $code: $out"
-  printf '%s' "$out"
-}
-# field NAME: the first "NAME":"string" of the JSON on stdin.
-field() { sed -n "s/^[^{]*{.*\"$1\":\"\([^\"]*\)\".*/\1/p" | head -n1; }
-
-ORG=$(api POST /admin/v1/organizations "$OPERATOR_KEY" "" \
-  '{"name":"bench","owner_email":"bench-owner@example.com","owner_password":"correct horse battery"}' | field id)
-[ -n "$ORG" ] || die "could not create the organization"
-KEY=$(api POST /v1/organization/admin_api_keys "$OPERATOR_KEY" "$ORG" '{"name":"bench admin"}' | field value)
-[[ "$KEY" == sk-admin-* ]] || die "could not create an admin key"
+create_org bench
 for i in $(seq "$SEED_PROJECTS"); do
   api POST /v1/organization/projects "$KEY" "" "{\"name\":\"seed project $i\"}" >/dev/null
 done
@@ -109,17 +78,13 @@ auth_counter() { curl -sf "$URL/metrics" | sed -n "s/^$1 \([0-9]*\)$/\1/p"; }
 
 # ---- nginx: the same bytes as a static file ---------------------------------------------------
 start_nginx() {
-  local ng=$TMP/nginx extra="" m port
+  local ng=$TMP/nginx port
   mkdir -p "$ng/www" "$ng/logs"
   printf '%s' "$GET_BODY" >"$ng/www/projects.json"
   # Started by root, nginx's workers run as nobody: they must be able to reach the file.
   chmod 711 "$TMP" "$ng"
   chmod 755 "$ng/www"
   chmod 644 "$ng/www/projects.json"
-  # Temp paths of the modules this nginx has (the compiled-in ones are under /var/lib: root's).
-  for m in proxy fastcgi uwsgi scgi; do
-    "$NGINX" -V 2>&1 | grep -q -- "--without-http_${m}_module" || extra+="  ${m}_temp_path $ng/${m}_temp;"$'\n'
-  done
   for _ in $(seq 20); do
     port=$((20000 + RANDOM % 40000))
     (: </dev/tcp/127.0.0.1/$port) 2>/dev/null && continue  # something listens there
@@ -136,8 +101,7 @@ http {
   tcp_nodelay on;
   keepalive_timeout 75s;
   keepalive_requests 100000000;
-  client_body_temp_path $ng/body_temp;
-$extra
+$(nginx_prelude "$ng")
   server {
     listen 127.0.0.1:$port;
     root $ng/www;
@@ -168,17 +132,6 @@ has_case nginx && start_nginx
 # ---- wrk ----------------------------------------------------------------------------------------
 RESULTS=$TMP/results.txt
 : >"$RESULTS"
-# cpu_ticks PID...: utime + stime (all threads) of those processes and of their children (nginx:
-# the master and its workers), in clock ticks, from /proc/PID/stat.
-cpu_ticks() {
-  local p pids=() t=0 v
-  for p in "$@"; do pids+=("$p" $(pgrep -P "$p" 2>/dev/null || true)); done
-  for p in "${pids[@]}"; do
-    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || continue
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
 # wrk_run CASE SECONDS URL [VAR=VALUE...]: one wrk run; appends
 # "CASE rps p50_us p99_us non2xx errors server_cpu_us_per_request".
 wrk_run() {

@@ -3,7 +3,7 @@
 //   GET  /v1/organization/projects/{project_id}/rate_limits                   (any role)
 //   POST /v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}   (owner, admin)
 //
-// One object per model the organization may use ("rl-<model>"): the model's defaults
+// One object per model the organization may use (registry models and external endpoints; "rl-<model>"): the model's defaults
 // (gateway/ratelimit.h) until an update stores the project's own values. Besides OpenAI's
 // max_requests_per_1_minute and max_tokens_per_1_minute, an object carries
 // max_requests_per_1_minute_per_key and max_tokens_per_1_minute_per_key: each API key of the
@@ -14,6 +14,7 @@
 #include <map>
 
 #include "api/app.h"
+#include "gateway/endpoints.h"
 #include "gateway/ratelimit.h"
 #include "models/registry.h"
 #include "util/error.h"
@@ -29,6 +30,7 @@ namespace {
 std::map<std::string, RateLimits> project_limits(Tx& tx, const std::string& org_id, const std::string& project_id) {
   std::map<std::string, RateLimits> out;
   for (const auto& m : models::models_visible_to(tx, org_id)) out.emplace(m.name, RateLimits{});
+  for (const auto& e : gateway::endpoint_models_visible_to(tx, org_id)) out.emplace(e.name, RateLimits{});
   ListQuery q;
   q.kind = gateway::kRateLimitKind;
   q.org_id = org_id;
