@@ -1,7 +1,8 @@
 // External endpoints (gateway/endpoints.h): the operator registers an OpenAI-compatible upstream
 // that aicloud does not run, and tenants use it through the gateway with their own keys, rate
 // limits and usage records. The upstream here is a real HTTP server in the test process that
-// answers with canned completions and remembers what it was sent.
+// answers with canned completions and remembers what it was sent. Also: the operator's default
+// rate limits (/admin/v1/settings), which apply to every project without its own.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -58,13 +59,38 @@ class CannedUpstream : public http::Handler {
 
 json chat() { return {{"model", "partner-echo"}, {"messages", {{{"role", "user"}, {"content", "hello"}}}}}; }
 
-TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
+// The canned upstream on a free port, served by its own thread.
+struct Upstream {
   CannedUpstream canned;
-  http::ServerOptions so;
-  so.port = 0;
-  so.threads = 1;
-  http::Server upstream(so, canned);
-  std::thread up_thread([&] { upstream.run(); });
+  http::Server server{[] {
+                        http::ServerOptions so;
+                        so.port = 0;
+                        so.threads = 1;
+                        return so;
+                      }(),
+                      canned};
+  std::thread thread{[this] { server.run(); }};
+  ~Upstream() {
+    server.stop();
+    thread.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(server.port()) + "/v1"; }
+};
+
+// Polls until a chat request gets `want` (the controller publishes endpoints on its next round).
+http::ClientResponse chat_until(Api& api, unsigned want) {
+  http::ClientResponse r;
+  for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
+    r = api.call("POST", "/v1/chat/completions", chat());
+    if (r.status == want) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  return r;
+}
+
+TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
+  Upstream up;
+  CannedUpstream& canned = up.canned;
 
   ServerProcess srv;
   auto c = srv.client();
@@ -72,7 +98,7 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
   Tenant a = make_tenant(*c, srv.admin_key(), "acme");
   Tenant b = make_tenant(*c, srv.admin_key(), "beta");
-  std::string url = "http://127.0.0.1:" + std::to_string(upstream.port()) + "/v1";
+  std::string url = up.url();
 
   // Bad input, and nobody but the operator.
   auto bad = op.call("POST", "/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", "ftp://x"}, {"region", "eu-west-1"}});
@@ -94,12 +120,7 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
 
   // Published on the controller's next round.
   Api pa{*c, a.project_key, ""};
-  http::ClientResponse r;
-  for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
-    r = pa.call("POST", "/v1/chat/completions", chat());
-    if (r.status == 200) break;
-    std::this_thread::sleep_for(100ms);
-  }
+  http::ClientResponse r = chat_until(pa, 200);
   ASSERT_EQ(r.status, 200u) << r.body;
   EXPECT_EQ(json::parse(r.body)["choices"][0]["message"]["content"], "hi");
   {
@@ -139,16 +160,52 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
 
   // Deleted: gone from the gateway within a round or two.
   op.del("/admin/v1/endpoints/" + ep["id"].get<std::string>());
-  for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
-    r = pa.call("POST", "/v1/chat/completions", chat());
-    if (r.status == 404) break;
-    std::this_thread::sleep_for(100ms);
-  }
+  r = chat_until(pa, 404);
   EXPECT_EQ(r.status, 404u) << r.body;
   op.get("/admin/v1/endpoints/" + ep["id"].get<std::string>(), 404);
+}
 
-  upstream.stop();
-  up_thread.join();
+TEST(Endpoints, OperatorDefaultRateLimitsApplyToProjectsWithoutTheirOwn) {
+  Upstream up;
+  ServerProcess srv;
+  auto c = srv.client();
+  Api op{*c, srv.admin_key(), ""};
+  op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
+  Tenant a = make_tenant(*c, srv.admin_key(), "acme");
+  op.post("/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", up.url()}, {"region", "eu-west-1"}}, 201);
+  Api pa{*c, a.project_key, ""};
+  ASSERT_EQ(chat_until(pa, 200).status, 200u);
+
+  // Bad input names the field; nothing changes.
+  auto bad = op.call("POST", "/admin/v1/settings", {{"default_rate_limits", {{"max_requests_per_1_minute", 0}}}});
+  EXPECT_EQ(bad.status, 400u);
+  EXPECT_EQ(json::parse(bad.body)["error"]["param"], "default_rate_limits.max_requests_per_1_minute") << bad.body;
+  bad = op.call("POST", "/admin/v1/settings", {{"default_rate_limits", {{"max_requests_per_minute", 5}}}});
+  EXPECT_EQ(bad.status, 400u) << bad.body;
+  EXPECT_EQ(op.get("/admin/v1/settings")["default_rate_limits"]["max_requests_per_1_minute"], 10000);
+
+  json s = op.post("/admin/v1/settings", {{"default_rate_limits", {{"max_requests_per_1_minute", 3}}}});
+  EXPECT_EQ(s["default_rate_limits"]["max_requests_per_1_minute"], 3);
+  EXPECT_EQ(s["default_rate_limits"]["max_tokens_per_1_minute"], 10'000'000) << "the other default is kept";
+  // The project's view shows the operator's default ...
+  Api admin{*c, a.admin_key, ""};
+  json list = admin.get("/v1/organization/projects/" + a.project_id + "/rate_limits");
+  ASSERT_EQ(list["data"].size(), 1u) << list.dump();
+  EXPECT_EQ(list["data"][0]["id"], "rl-partner-echo");
+  EXPECT_EQ(list["data"][0]["max_requests_per_1_minute"], 3);
+  // ... and the gateway enforces it (within its refresh interval): a full bucket of 3, then 429.
+  std::this_thread::sleep_for(300ms);
+  int ok = 0;
+  http::ClientResponse r;
+  for (int i = 0; i < 10 && (r = pa.call("POST", "/v1/chat/completions", chat())).status == 200; ++i) ++ok;
+  EXPECT_EQ(r.status, 429u) << r.body;
+  EXPECT_LE(ok, 3);
+  EXPECT_EQ(r.header("x-ratelimit-limit-requests"), "3");
+  // A project's own limit still wins over the default.
+  admin.post("/v1/organization/projects/" + a.project_id + "/rate_limits/rl-partner-echo",
+             {{"max_requests_per_1_minute", 1000}});
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(pa.call("POST", "/v1/chat/completions", chat()).status, 200u);
 }
 
 }  // namespace

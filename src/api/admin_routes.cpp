@@ -1,8 +1,10 @@
-// The operator's API: organizations (create, list, get, update, suspend), settings, and the
-// whole audit log with its verification. Root key only.
+// The operator's API: organizations (create, list, get, update, suspend), settings (sign-up,
+// session lifetime, default model rate limits), and the whole audit log with its verification.
+// Root key only.
 #include "api/app.h"
 #include "api/objects.h"
 #include "audit/audit.h"
+#include "gateway/ratelimit.h"
 #include "util/error.h"
 #include "util/time.h"
 
@@ -102,8 +104,19 @@ void add_admin_routes(App& app) {
              BodyReader b(c.body);
              auto signup = b.opt_bool("signup_enabled");
              auto ttl = b.opt_int("session_ttl_seconds", 60, 90 * 86400);
-             b.done();
              json s = read_settings(*c.tx);
+             // Model rate limits for every project without its own (gateway/ratelimit.h).
+             if (const json* rl = b.opt_object("default_rate_limits")) {
+               BodyReader r(*rl, "default_rate_limits.");
+               if (auto v = r.opt_int("max_requests_per_1_minute", 1, gateway::kMaxLimit)) {
+                 s["default_rate_limits"]["max_requests_per_1_minute"] = *v;
+               }
+               if (auto v = r.opt_int("max_tokens_per_1_minute", 1, gateway::kMaxLimit)) {
+                 s["default_rate_limits"]["max_tokens_per_1_minute"] = *v;
+               }
+               r.done();
+             }
+             b.done();
              if (signup) s["signup_enabled"] = *signup;
              if (ttl) s["session_ttl_seconds"] = *ttl;
              auto existing = c.tx->get("settings", "settings");

@@ -3,6 +3,7 @@
 #include <boost/beast/http.hpp>
 
 #include "audit/audit.h"
+#include "gateway/ratelimit.h"
 #include "identity/crypto.h"
 #include "util/error.h"
 #include "util/ids.h"
@@ -278,7 +279,10 @@ void App::audit_failure(Context& c, const RouteSpec& spec, int status) {
 }
 
 json read_settings(Tx& tx) {
-  json defaults = {{"signup_enabled", false}, {"session_ttl_seconds", 86400}};
+  json defaults = {{"signup_enabled", false},
+                   {"session_ttl_seconds", 86400},
+                   {"default_rate_limits", {{"max_requests_per_1_minute", gateway::kDefaultRequestsPerMinute},
+                                            {"max_tokens_per_1_minute", gateway::kDefaultTokensPerMinute}}}};
   auto s = tx.get("settings", "settings");
   if (!s) return defaults;
   json out = defaults;

@@ -29,13 +29,14 @@ namespace {
 // model -> limits: every model the organization may use, then the project's stored ones.
 std::map<std::string, RateLimits> project_limits(Tx& tx, const std::string& org_id, const std::string& project_id) {
   std::map<std::string, RateLimits> out;
-  for (const auto& m : models::models_visible_to(tx, org_id)) out.emplace(m.name, RateLimits{});
-  for (const auto& e : gateway::endpoint_models_visible_to(tx, org_id)) out.emplace(e.name, RateLimits{});
+  RateLimits defaults = gateway::default_rate_limits(read_settings(tx));
+  for (const auto& m : models::models_visible_to(tx, org_id)) out.emplace(m.name, defaults);
+  for (const auto& e : gateway::endpoint_models_visible_to(tx, org_id)) out.emplace(e.name, defaults);
   ListQuery q;
   q.kind = gateway::kRateLimitKind;
   q.org_id = org_id;
   q.project_id = project_id;
-  for (const auto& o : tx.all(q)) out[o.data.value("model", "")] = gateway::rate_limits_from(o.data);
+  for (const auto& o : tx.all(q)) out[o.data.value("model", "")] = gateway::rate_limits_from(o.data, defaults);
   out.erase("");
   return out;
 }

@@ -40,8 +40,17 @@ std::string rate_limit_lookup(const std::string& project_id, const std::string& 
   return project_id + "/" + model;
 }
 
-RateLimits rate_limits_from(const nlohmann::json& d) {
+RateLimits default_rate_limits(const nlohmann::json& settings) {
   RateLimits l;
+  auto d = settings.find("default_rate_limits");
+  if (d == settings.end() || !d->is_object()) return l;
+  l.requests_per_minute = d->value("max_requests_per_1_minute", l.requests_per_minute);
+  l.tokens_per_minute = d->value("max_tokens_per_1_minute", l.tokens_per_minute);
+  return l;
+}
+
+RateLimits rate_limits_from(const nlohmann::json& d, const RateLimits& defaults) {
+  RateLimits l = defaults;
   l.requests_per_minute = d.value("max_requests_per_1_minute", l.requests_per_minute);
   l.tokens_per_minute = d.value("max_tokens_per_1_minute", l.tokens_per_minute);
   l.requests_per_minute_per_key = d.value("max_requests_per_1_minute_per_key", int64_t(0));
@@ -81,14 +90,17 @@ RateLimiter::~RateLimiter() {
 void RateLimiter::reload() {
   uint64_t gen = store_.write_generation();  // read first: a write during the load triggers another
   auto table = std::make_shared<std::unordered_map<std::string, RateLimits>>();
+  RateLimits defaults;
   {
     auto tx = store_.begin(false);
+    if (auto s = tx->get("settings", "settings")) defaults = default_rate_limits(s->data);
     ListQuery q;
     q.kind = kRateLimitKind;
-    for (const auto& o : tx->all(q)) (*table)[o.lookup] = rate_limits_from(o.data);
+    for (const auto& o : tx->all(q)) (*table)[o.lookup] = rate_limits_from(o.data, defaults);
   }
   std::lock_guard lk(table_mu_);
   table_ = std::move(table);
+  defaults_ = defaults;
   loaded_generation_ = gen;
 }
 
@@ -117,12 +129,14 @@ void RateLimiter::run() {
 
 RateLimits RateLimiter::limits_for(const std::string& project_id, const std::string& model) const {
   std::shared_ptr<const std::unordered_map<std::string, RateLimits>> t;
+  RateLimits defaults;
   {
     std::lock_guard lk(table_mu_);
     t = table_;
+    defaults = defaults_;
   }
   auto it = t->find(rate_limit_lookup(project_id, model));
-  return it == t->end() ? RateLimits{} : it->second;
+  return it == t->end() ? defaults : it->second;
 }
 
 // Refills b up to capacity; a changed limit keeps what was used (the level moves by the change).

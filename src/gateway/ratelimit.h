@@ -48,7 +48,11 @@ struct RateLimits {
 // The store object: kind "rate_limit", lookup "<project_id>/<model>", data holds the fields.
 inline constexpr const char* kRateLimitKind = "rate_limit";
 std::string rate_limit_lookup(const std::string& project_id, const std::string& model);
-RateLimits rate_limits_from(const nlohmann::json& data);
+RateLimits rate_limits_from(const nlohmann::json& data, const RateLimits& defaults = {});
+// The operator's defaults for every project and model without limits of its own: the
+// "default_rate_limits" of /admin/v1/settings (`settings` is read_settings()), else the constants
+// above.
+RateLimits default_rate_limits(const nlohmann::json& settings);
 // OpenAI's project.rate_limit object for a model.
 nlohmann::json rate_limit_json(const std::string& model, const RateLimits& l);
 
@@ -102,6 +106,7 @@ class RateLimiter {
   Store& store_;
   mutable std::mutex table_mu_;
   std::shared_ptr<const std::unordered_map<std::string, RateLimits>> table_;  // lookup -> limits
+  RateLimits defaults_;  // the operator's, for what the table lacks (guarded by table_mu_)
   uint64_t loaded_generation_ = 0;
 
   std::mutex mu_;  // the buckets

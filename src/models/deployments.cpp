@@ -31,14 +31,14 @@ json deployment_json_impl(const Object& d) {
 // Reads the tunable part of a spec (create and update share it). `spec` holds the current values.
 void read_policy(BodyReader& b, json& spec, bool creating) {
   if (const json* ea = b.opt_object("engine_args")) {
-    BodyReader e(*ea);
+    BodyReader e(*ea, "engine_args.");
     if (auto v = e.opt_int("context_size", 128, 1 << 20)) spec["engine_args"]["context_size"] = *v;
     if (auto v = e.opt_int("parallel", 1, 256)) spec["engine_args"]["parallel"] = *v;
     if (auto v = e.opt_bool("embeddings")) spec["engine_args"]["embeddings"] = *v;
     e.done();
   }
   if (const json* r = b.opt_object("resources")) {
-    BodyReader e(*r);
+    BodyReader e(*r, "resources.");
     if (auto v = e.opt_str("gpu_type", 1, 32)) spec["resources"]["gpu_type"] = *v;
     if (auto v = e.opt_int("gpus", 1, 64)) spec["resources"]["gpus"] = *v;
     e.done();
@@ -46,7 +46,7 @@ void read_policy(BodyReader& b, json& spec, bool creating) {
   if (auto v = b.opt_int("min_replicas", 0, 100)) spec["min_replicas"] = *v;
   if (auto v = b.opt_int("max_replicas", 1, 100)) spec["max_replicas"] = *v;
   if (const json* a = b.opt_object("autoscale")) {
-    BodyReader e(*a);
+    BodyReader e(*a, "autoscale.");
     if (auto v = e.opt_int("target_inflight", 1, 10000)) spec["autoscale"]["target_inflight"] = *v;
     e.done();
   }

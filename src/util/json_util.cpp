@@ -51,24 +51,25 @@ json parse_json_body(std::string_view body) {
 
 std::string dump_json(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-BodyReader::BodyReader(const json& body) : body_(body) {
+BodyReader::BodyReader(const json& body, std::string prefix) : body_(body), prefix_(std::move(prefix)) {
   if (!body_.is_object()) throw bad_request("The request body must be a JSON object.", "invalid_json");
 }
 
 const json* BodyReader::field(std::string_view name, const char* type_name,
                               bool (json::*is)() const noexcept) {
   seen_.emplace(name);
+  std::string what = named(name);
   auto it = body_.find(name);
   if (it == body_.end() || it->is_null()) return nullptr;
-  if (!((*it).*is)()) throw invalid_field(std::string(name), "'" + std::string(name) + "' must be " + type_name + ".");
+  if (!((*it).*is)()) throw invalid_field(what, "'" + what + "' must be " + type_name + ".");
   return &*it;
 }
 
 std::string BodyReader::str(std::string_view name, size_t min_len, size_t max_len) {
   auto v = opt_str(name, min_len, max_len);
   if (!v) {
-    throw ApiError(400, "invalid_request_error", "Missing required parameter: '" + std::string(name) + "'.",
-                   "missing_required_parameter", std::string(name));
+    throw ApiError(400, "invalid_request_error", "Missing required parameter: '" + named(name) + "'.",
+                   "missing_required_parameter", named(name));
   }
   return *v;
 }
@@ -78,10 +79,10 @@ std::optional<std::string> BodyReader::opt_str(std::string_view name, size_t min
   if (!v) return std::nullopt;
   const auto& s = v->get_ref<const std::string&>();
   if (s.size() < min_len) {
-    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be at least " + std::to_string(min_len) + " characters.");
+    throw invalid_field(named(name), "'" + named(name) + "' must be at least " + std::to_string(min_len) + " characters.");
   }
   if (s.size() > max_len) {
-    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be at most " + std::to_string(max_len) + " characters.");
+    throw invalid_field(named(name), "'" + named(name) + "' must be at most " + std::to_string(max_len) + " characters.");
   }
   return s;
 }
@@ -97,7 +98,7 @@ std::optional<int64_t> BodyReader::opt_int(std::string_view name, int64_t min, i
   if (!v) return std::nullopt;
   int64_t n = v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX : v->get<int64_t>();
   if (n < min || n > max) {
-    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be between " + std::to_string(min) +
+    throw invalid_field(named(name), "'" + named(name) + "' must be between " + std::to_string(min) +
                                                " and " + std::to_string(max) + ".");
   }
   return n;
@@ -108,7 +109,7 @@ std::optional<std::string> BodyReader::opt_enum(std::string_view name, const std
   if (v && !allowed.count(*v)) {
     std::string list;
     for (const auto& a : allowed) list += (list.empty() ? "'" : ", '") + a + "'";
-    throw invalid_field(std::string(name), "'" + std::string(name) + "' must be one of " + list + ".");
+    throw invalid_field(named(name), "'" + named(name) + "' must be one of " + list + ".");
   }
   return v;
 }
@@ -120,8 +121,8 @@ const json* BodyReader::opt_array(std::string_view name) { return field(name, "a
 void BodyReader::done() const {
   for (auto it = body_.begin(); it != body_.end(); ++it) {
     if (!seen_.count(it.key())) {
-      throw ApiError(400, "invalid_request_error", "Unrecognized request argument supplied: '" + it.key() + "'.",
-                     "unknown_parameter", it.key());
+      throw ApiError(400, "invalid_request_error", "Unrecognized request argument supplied: '" + prefix_ + it.key() + "'.",
+                     "unknown_parameter", prefix_ + it.key());
     }
   }
 }

@@ -23,7 +23,8 @@ std::string dump_json(const json& j);
 
 class BodyReader {
  public:
-  explicit BodyReader(const json& body);  // 400 unless body is an object
+  // 400 unless body is an object. prefix names a nested object in errors ("engine_args.").
+  explicit BodyReader(const json& body, std::string prefix = "");
 
   std::string str(std::string_view field, size_t min_len = 1, size_t max_len = 256);
   std::optional<std::string> opt_str(std::string_view field, size_t min_len = 0, size_t max_len = 256);
@@ -40,6 +41,8 @@ class BodyReader {
  private:
   const json* field(std::string_view name, const char* type_name, bool (json::*is)() const noexcept);
   json body_;  // a copy: callers often pass a temporary
+  std::string prefix_;
+  std::string named(std::string_view field) const { return prefix_ + std::string(field); }
   std::set<std::string, std::less<>> seen_;
 };
 
