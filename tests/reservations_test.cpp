@@ -221,6 +221,60 @@ TEST_F(Reservations, HonouredWhileSpotFillsTheIdlePart) {
   EXPECT_EQ(w["status"]["phase"], "pending") << w.dump();
 }
 
+// Offers, by class, for the caller's organization: its active reservation's unused GPUs as
+// `reserved`; on_demand never counts GPUs kept for reservations (another organization's, nor its
+// own: its reserved work takes those); spot may use whatever is free.
+TEST_F(Reservations, OffersShowReservedGpusToTheirOwnerOnly) {
+  auto a = agent("node-a", "rack-1");
+  auto b = agent("node-b", "rack-2");
+  wait_nodes_ready(2);
+  Tenant initech = make_tenant(*c, srv.admin_key(), "initech");
+  Api pa{*c, acme.project_key, ""}, pc{*c, initech.project_key, ""};
+  int64_t now = now_unix();
+  json ra = reservation(pa, 8, now - 60, now + 3600);
+  // Not approved yet: nothing is kept back.
+  auto row = [](const json& offers, const std::string& cls) {
+    for (const auto& o : offers["data"]) {
+      if (o["class"] == cls && o["gpu_type"] == "H100-80GB" && o["region"] == "eu-west-1") return o;
+    }
+    return json();
+  };
+  json offers = pa.get("/v1/compute/offers");
+  EXPECT_TRUE(row(offers, "reserved").is_null()) << offers.dump();
+  EXPECT_EQ(row(offers, "on_demand")["gpus_available"], 16) << offers.dump();
+  op.post("/admin/v1/reservations/" + ra["id"].get<std::string>() + "/approve", json::object());
+
+  offers = pa.get("/v1/compute/offers");
+  EXPECT_EQ(row(offers, "reserved")["gpus_total"], 8) << offers.dump();
+  EXPECT_EQ(row(offers, "reserved")["gpus_available"], 8) << offers.dump();
+  EXPECT_EQ(row(offers, "on_demand")["gpus_total"], 16) << offers.dump();
+  EXPECT_EQ(row(offers, "on_demand")["gpus_available"], 8) << offers.dump();
+  EXPECT_EQ(row(offers, "spot")["gpus_available"], 16) << offers.dump();
+  EXPECT_EQ(row(offers, "on_demand")["nodes"], 2) << offers.dump();
+  json theirs = pc.get("/v1/compute/offers");
+  EXPECT_TRUE(row(theirs, "reserved").is_null()) << theirs.dump();
+  EXPECT_EQ(row(theirs, "on_demand")["gpus_available"], 8) << theirs.dump();
+  EXPECT_EQ(row(theirs, "spot")["gpus_available"], 16) << theirs.dump();
+
+  // acme's reserved work uses 2 of its 8: 6 left to it, and still 8 for anyone's on-demand work.
+  std::string a1 = instance(pa, {{"gpus", 2}, {"class", "reserved"}, {"command", "sleep 300"}});
+  wait_phase(pa, a1, "running");
+  offers = pa.get("/v1/compute/offers");
+  EXPECT_EQ(row(offers, "reserved")["gpus_available"], 6) << offers.dump();
+  EXPECT_EQ(row(offers, "on_demand")["gpus_available"], 8) << offers.dump();
+  theirs = pc.get("/v1/compute/offers");
+  EXPECT_EQ(row(theirs, "on_demand")["gpus_available"], 8) << theirs.dump();
+  EXPECT_EQ(row(theirs, "spot")["gpus_available"], 14) << theirs.dump();
+  // What on_demand says is what the scheduler admits: 8 GPUs, and the next one waits.
+  std::string od = instance(pc, {{"gpus", 8}, {"command", "sleep 300"}});
+  wait_phase(pc, od, "running");
+  std::string more = instance(pc, {{"gpus", 1}, {"command", "sleep 300"}});
+  wait_pending_code(pc, more, "reserved_capacity");
+  theirs = pc.get("/v1/compute/offers");
+  EXPECT_EQ(row(theirs, "on_demand")["gpus_available"], 0) << theirs.dump();
+  EXPECT_EQ(row(pa.get("/v1/compute/offers"), "reserved")["gpus_available"], 6);
+}
+
 // (b) A quota keeps a workload pending, with a reason naming it, until the quota is raised.
 TEST_F(Reservations, QuotaKeepsWorkPendingUntilRaised) {
   auto a = agent("node-a", "rack-1");

@@ -47,7 +47,7 @@ Workload job(const std::string& id, int nodes, int gpus_per_node, Class cls = Cl
 // Occupies GPUs directly (as if restored from the store).
 void run_on(Cluster& c, const std::string& id, Class cls, const std::vector<NodeGpus>& on,
             const std::string& org = "org-x") {
-  c.add_running(Running{id, org, "proj_" + org, cls, on});
+  c.add_running(Running{id, org, "proj_" + org, cls, on, {}});
 }
 
 const Placement* placed(const Plan& p, const std::string& id) {
@@ -477,6 +477,190 @@ TEST(Scheduler, AnyRegionAndScheduleLeavesTheClusterAsItWas) {
   EXPECT_EQ(offers[1].free_gpus, 4);
 }
 
+// Offers, per class, for one organization: on-demand never counts GPUs kept for reservations
+// (another organization's, or its own: its reserved work takes those), and says exactly what the
+// scheduler admits; reserved shows the organization's unused reservation.
+TEST(Scheduler, OffersByClassKeepReservedGpusForTheirOwners) {
+  Cluster c;
+  c.add_zone("r1", "z1");
+  c.add_node(node("n1", "z1", ""));
+  c.add_node(node("n2", "z1", ""));
+  c.set_reservations({Reservation{"resv_1", "org-r", "H100", "r1", 8, 0, 1'000'000, true},
+                      Reservation{"resv_2", "org-r", "H100", "r1", 4, 2'000'000, 3'000'000, true},   // not yet
+                      Reservation{"resv_3", "org-o", "H100", "r1", 4, 0, 1'000'000, false}});       // not approved
+  run_on(c, "spot", Class::kSpot, {{"n1", {0, 1, 2, 3}}}, "org-s");
+  run_on(c, "mine", Class::kReserved, {{"n2", {0, 1}}}, "org-r");
+  auto offer = [&](const std::string& org) {
+    auto v = c.offers(5000, org);
+    EXPECT_EQ(v.size(), 1u);
+    return v.at(0);
+  };
+  Offer r = offer("org-r");
+  EXPECT_EQ(r.nodes, 2);
+  EXPECT_EQ(r.total_gpus, 16);
+  EXPECT_EQ(r.free_gpus, 10);
+  EXPECT_EQ(r.spot_gpus, 4);
+  EXPECT_EQ(r.reserved_headroom, 6);  // 8 reserved, 2 used
+  EXPECT_EQ(r.reserved_gpus, 8);
+  EXPECT_EQ(r.reserved_unused, 6);
+  EXPECT_EQ(r.reserved_available(), 6);
+  EXPECT_EQ(r.on_demand_gpus(), 8);  // 10 free + 4 spot - 6 kept, and all of it free
+  Offer o = offer("org-o");
+  EXPECT_EQ(o.reserved_gpus, 0);
+  EXPECT_EQ(o.reserved_available(), 0);
+  EXPECT_EQ(o.on_demand_gpus(), 8);
+  EXPECT_EQ(c.offers(5000)[0].reserved_gpus, 0);
+  // What the scheduler admits: 8 one-GPU on-demand jobs, none preempting; the 9th waits.
+  std::vector<Workload> q;
+  for (int i = 0; i < 9; ++i) q.push_back(job("od" + std::to_string(i), 1, 1, Class::kOnDemand, "org-o"));
+  Options opts;
+  opts.now = 5000;
+  Plan p = round(c, q, opts);
+  EXPECT_EQ(p.placements.size(), 8u);
+  EXPECT_TRUE(p.preemptions.empty());
+  EXPECT_EQ(pending(p, "od8")->code, PendingCode::kReservedCapacity);
+  EXPECT_EQ(offer("org-o").on_demand_gpus(), 0);
+  // The reservation is a guarantee: what spot work borrows counts for its owner.
+  EXPECT_EQ(offer("org-r").reserved_available(), 6);  // 2 free + 4 spot
+  p = round(c, {job("r6", 1, 4, Class::kReserved, "org-r"), job("r2", 1, 2, Class::kReserved, "org-r")}, opts);
+  EXPECT_EQ(p.placements.size(), 2u);
+  EXPECT_EQ(offer("org-r").reserved_available(), 0);
+  // An ended reservation keeps nothing back.
+  EXPECT_EQ(c.offers(1'500'000, "org-r")[0].reserved_gpus, 0);
+}
+
+// Services with a fixed port: two never share a node, whether placed in one round, in different
+// rounds, or restored from the store; the port comes back when its holder exits.
+TEST(Scheduler, FixedPortsNeverShareANode) {
+  Cluster c;
+  c.add_zone("r1", "z1");
+  c.add_node(node("n1", "z1", ""));
+  auto svc = [](const std::string& id, int port, int nodes = 1, int gpus = 1) {
+    Workload w = job(id, nodes, gpus);
+    w.ports = {port};
+    return w;
+  };
+  Plan p = round(c, {svc("web1", 8080), svc("web2", 8080), svc("api", 9090)});
+  EXPECT_NE(placed(p, "web1"), nullptr);
+  EXPECT_NE(placed(p, "api"), nullptr);  // another port: no collision
+  ASSERT_NE(pending(p, "web2"), nullptr);
+  EXPECT_EQ(pending(p, "web2")->code, PendingCode::kPortInUse);
+  EXPECT_EQ(pending(p, "web2")->reason,
+            "port 8080 is in use on every feasible node: it needs 1 H100 GPUs on one node, and each of the 1 H100 node "
+            "in r1 with 1 free GPU runs a workload on it");
+  EXPECT_EQ(c.running("web1")->ports, std::vector<int>{8080});
+  // Work without a port still fits beside them.
+  p = round(c, {svc("web2", 8080), job("batch", 1, 2)});
+  EXPECT_NE(placed(p, "batch"), nullptr);
+  EXPECT_EQ(pending(p, "web2")->code, PendingCode::kPortInUse);
+  // A second node: web2 goes there; web3, in the same round, finds 8080 taken on both.
+  c.add_node(node("n2", "z1", ""));
+  p = round(c, {svc("web2", 8080), svc("web3", 8080)});
+  ASSERT_NE(placed(p, "web2"), nullptr);
+  EXPECT_EQ(nodes_of(c, *placed(p, "web2")), std::set<std::string>{"n2"});
+  EXPECT_EQ(placed(p, "web2")->ports, std::vector<int>{8080});
+  EXPECT_EQ(pending(p, "web3")->code, PendingCode::kPortInUse);
+  // A gang that needs the port on 2 of 3 nodes, 2 of which hold it.
+  c.add_node(node("n3", "z1", ""));
+  p = round(c, {svc("pair", 8080, 2, 4)});
+  EXPECT_EQ(pending(p, "pair")->code, PendingCode::kPortInUse);
+  EXPECT_NE(pending(p, "pair")->reason.find("port 8080 is in use on 2 of the 3 H100 nodes in r1 with 4 free GPUs: it "
+                                            "needs 2 nodes with 4 H100 GPUs each and 1 is left"),
+            std::string::npos)
+      << pending(p, "pair")->reason;
+  // Restored from the store, a service holds its port as well; the exit frees it.
+  c.add_running(Running{"restored", "org-x", "proj_x", Class::kOnDemand, {{"n3", {7}}}, {8080}});
+  EXPECT_EQ(c.check_invariants(), "");
+  p = round(c, {svc("web3", 8080)});
+  EXPECT_EQ(pending(p, "web3")->code, PendingCode::kPortInUse);
+  ASSERT_TRUE(c.release("web1"));
+  p = round(c, {svc("web3", 8080)});
+  ASSERT_NE(placed(p, "web3"), nullptr);
+  EXPECT_EQ(nodes_of(c, *placed(p, "web3")), std::set<std::string>{"n1"});
+  // apply() refuses a plan whose port was taken since schedule().
+  p = schedule(c, {svc("late", 6060)});
+  ASSERT_EQ(p.placements.size(), 1u);
+  std::string node_id = c.node_id(p.placements[0].gpus[0].first);
+  c.add_running(Running{"early", "org-x", "proj_x", Class::kOnDemand, {{node_id, {6}}}, {6060}});
+  std::string err;
+  EXPECT_FALSE(apply(p, c, &err));
+  EXPECT_NE(err.find("port 6060 is in use on node " + node_id), std::string::npos) << err;
+  EXPECT_EQ(c.check_invariants(), "");
+}
+
+// The queue's order does not depend on how the pending list comes: any order, any priority
+// (negative, huge), any submit time (before 1970, far future), ties broken by seq then id.
+TEST(Scheduler, QueueOrderHoldsForAnyInput) {
+  std::mt19937 rng(7);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (bool extreme : {false, true}) {
+    for (bool shuffled : {false, true}) {
+      std::vector<Workload> q;
+      for (int i = 0; i < 600; ++i) {
+        Workload w = job("w" + std::to_string(pick(0, 50)) + "-" + std::to_string(i), 1, 1,
+                         static_cast<Class>(pick(0, 2)), "org-a", "T4");  // no T4 in the fleet: all pend
+        w.priority = extreme ? (pick(0, 1) ? INT32_MAX - pick(0, 2) : INT32_MIN + pick(0, 2)) : pick(0, 3);
+        w.submit_time = extreme ? (pick(0, 1) ? -int64_t(pick(0, 5)) : (int64_t(1) << 50) + pick(0, 5)) : pick(0, 40);
+        w.seq = static_cast<uint64_t>(pick(0, 300));  // ties too
+        q.push_back(w);
+      }
+      if (!shuffled) {  // the store's order: by submit time and seq
+        std::sort(q.begin(), q.end(), [](const Workload& a, const Workload& b) {
+          return std::tie(a.submit_time, a.seq) < std::tie(b.submit_time, b.seq);
+        });
+      }
+      Cluster c = three_domains();
+      Plan p = schedule(c, q);
+      ASSERT_EQ(p.pending.size(), q.size());
+      std::sort(q.begin(), q.end(), queue_before);
+      for (size_t i = 0; i < q.size(); ++i) ASSERT_EQ(p.pending[i].workload, q[i].id) << i;
+    }
+  }
+}
+
+// Pending reasons are remembered between rounds (the cluster keeps the sentences), but only
+// under everything they say: when the numbers, a quota or a hold change, so does the reason.
+TEST(Scheduler, PendingReasonsFollowTheFleetAcrossRounds) {
+  Cluster c;
+  c.add_zone("r1", "z1");
+  c.add_node(node("n1", "z1", ""));
+  c.add_node(node("n2", "z1", ""));
+  run_on(c, "a", Class::kOnDemand, {{"n1", {0, 1, 2, 3}}});
+  run_on(c, "b", Class::kOnDemand, {{"n2", {0, 1, 2, 3, 4, 5}}});
+  Options greedy;
+  greedy.backfill = Backfill::kGreedy;
+  Plan p = round(c, {job("big", 1, 8)}, greedy);
+  EXPECT_EQ(pending(p, "big")->reason,
+            "no capacity of H100 in r1: it needs 8 H100 GPUs on one node; 0 ready nodes have 8 free (6 GPUs free)");
+  p = round(c, {job("big", 1, 8)}, greedy);  // the same: from the memo
+  EXPECT_EQ(pending(p, "big")->reason,
+            "no capacity of H100 in r1: it needs 8 H100 GPUs on one node; 0 ready nodes have 8 free (6 GPUs free)");
+  c.release("b");
+  c.set_node_state("n2", NodeState::kCordoned);
+  p = round(c, {job("big", 1, 8)}, greedy);
+  EXPECT_EQ(pending(p, "big")->reason,
+            "no capacity of H100 in r1: it needs 8 H100 GPUs on one node; 0 ready nodes have 8 free (4 GPUs free); "
+            "1 node is not ready, cordoned or draining");
+  // A hold names its owner, whoever it is this round.
+  c.set_node_state("n2", NodeState::kReady);
+  run_on(c, "b", Class::kOnDemand, {{"n2", {0, 1, 2, 3, 4, 5}}});
+  p = round(c, {job("first", 1, 8), job("next", 1, 8)});
+  EXPECT_NE(pending(p, "next")->reason.find("held for first, first in line"), std::string::npos) << pending(p, "next")->reason;
+  Workload before = job("before", 1, 8);
+  before.priority = 5;
+  p = round(c, {job("first", 1, 8), job("next", 1, 8), before});
+  EXPECT_NE(pending(p, "next")->reason.find("held for before, first in line"), std::string::npos) << pending(p, "next")->reason;
+  // Quotas: a new limit, a new sentence.
+  c.set_quotas({QuotaLimit{"org-x", "", "", 8}});
+  p = round(c, {job("q", 1, 1, Class::kOnDemand, "org-x")});
+  ASSERT_NE(pending(p, "q"), nullptr);
+  EXPECT_EQ(pending(p, "q")->reason, "over quota: org-x may hold 8 GPUs, holds 10 and this workload needs 1");
+  c.set_quotas({QuotaLimit{"org-x", "", "", 9}});
+  p = round(c, {job("q", 1, 1, Class::kOnDemand, "org-x")});
+  ASSERT_NE(pending(p, "q"), nullptr);
+  EXPECT_EQ(pending(p, "q")->reason, "over quota: org-x may hold 9 GPUs, holds 10 and this workload needs 1");
+}
+
 TEST(Scheduler, ApplyIsAllOrNothing) {
   Cluster c = three_domains();
   Plan p = schedule(c, {job("a", 1, 8), job("b", 4, 8)});
@@ -542,6 +726,7 @@ TEST(Scheduler, NoGpuIsEverDoubleBooked) {
       w.priority = pick(0, 3);
       if (pick(0, 9) == 0) w.node_selector = {{"ib", "ndr"}};
       if (pick(0, 9) == 0) w.tolerations = {{"t", ""}};
+      if (pick(0, 9) == 0) w.ports = {pick(0, 1) ? 8080 : 9090};
       queue[w.id] = w;
     }
     std::vector<Workload> q;
@@ -589,8 +774,18 @@ TEST(Scheduler, NoGpuIsEverDoubleBooked) {
     std::string err;
     ASSERT_TRUE(apply(p, c, &err)) << err;
     ASSERT_EQ(c.check_invariants(), "");
+    // No host port is held twice on a node.
+    std::set<std::pair<std::string, int>> ports;
+    for (const Placement& pl : p.placements) classes[pl.workload] = pl.cls;
+    for (auto& [w, cls] : classes) {
+      auto r = c.running(w);
+      if (!r) continue;
+      for (const NodeGpus& ng : r->on) {
+        for (int port : r->ports) ASSERT_TRUE(ports.emplace(ng.node, port).second) << "port " << port << " twice on " << ng.node;
+      }
+    }
     for (const Placement& pl : p.placements) {
-      classes[pl.workload] = pl.cls;
+      ASSERT_EQ(pl.ports, queue.at(pl.workload).ports);
       queue.erase(pl.workload);
       ++placements;
     }
@@ -612,6 +807,12 @@ TEST(Scheduler, NoGpuIsEverDoubleBooked) {
       auto it = specs.begin();
       std::advance(it, pick(0, static_cast<int>(specs.size()) - 1));
       c.set_node_state(it->first, static_cast<NodeState>(pick(0, 3) == 0 ? pick(1, 3) : 0));
+    }
+    if (pick(0, 9) == 0) {  // a taint comes or goes (the untainted index follows)
+      auto it = specs.begin();
+      std::advance(it, pick(0, static_cast<int>(specs.size()) - 1));
+      it->second.taints = it->second.taints.empty() ? std::vector<Taint>{{"t", "x"}} : std::vector<Taint>{};
+      c.set_node_taints(it->first, it->second.taints);
     }
     ASSERT_EQ(c.check_invariants(), "");
   }

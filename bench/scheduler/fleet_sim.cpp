@@ -3,7 +3,7 @@
 // What it measures, how to read it and the latest figures: docs/PERFORMANCE.md.
 //
 //   build/bench/scheduler_bench [--runs 5] [--bursts 10] [--seed 1] [--hours 8] [--warmup-hours 2]
-//                               [--queue 256] [--backfill hold|strict|greedy] [--nodes 12500]
+//                               [--queue 256] [--backfill hold|strict|greedy] [--nodes 12500] [--digest 1|2]
 //
 // Two phases per run, each on a fresh fleet:
 //   burst:  an empty fleet and a queue holding 1.5x its GPUs in workloads, scheduled in one
@@ -47,6 +47,7 @@ struct Config {
   int regions = 4;
   int zones_per_region = 2;
   double mean_runtime_s = 3600;
+  int digest = 0;  // print a hash of every plan (to check that a change to src/scheduler changes no decision)
 };
 
 const char* kRegions[] = {"us-east-1", "eu-west-1", "ap-northeast-1", "us-west-2", "eu-central-1", "ap-south-1"};
@@ -150,6 +151,45 @@ double percentile(std::vector<uint32_t>& v, double p) {
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// FNV-1a over everything a plan decided: placements (nodes, devices, tier, reason, victims),
+// preemptions, pending workloads with code and reason, holds. Two builds of src/scheduler that
+// make the same decisions print the same digest.
+struct Digest {
+  uint64_t h = 1469598103934665603ull;
+  bool reasons = true;  // false: pending workloads' codes but not their sentences
+  void bytes(const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
+  }
+  void str(const std::string& s) { bytes(s.data(), s.size() + 1); }
+  template <class T>
+  void num(T v) { bytes(&v, sizeof v); }
+  void plan(const Plan& p) {
+    for (const Placement& pl : p.placements) {
+      str(pl.workload);
+      for (auto [n, m] : pl.gpus) {
+        num(n);
+        num(m);
+      }
+      num(static_cast<int>(pl.tier));
+      str(pl.reason);
+      for (const std::string& v : pl.preempts) str(v);
+    }
+    for (const Preemption& pr : p.preemptions) {
+      str(pr.victim);
+      str(pr.reason);
+    }
+    for (const Pending& pe : p.pending) {
+      str(pe.workload);
+      num(static_cast<int>(pe.code));
+      if (reasons) str(pe.reason);
+    }
+    for (const Hold& h : p.holds) {
+      str(h.workload);
+      for (NodeIdx n : h.nodes) num(n);
+    }
+  }
+};
+
 struct Result {
   // burst
   int burst_placed = 0;
@@ -160,7 +200,16 @@ struct Result {
          round_max_us = 0, util = 0, mean_pending = 0;
   std::map<Tier, long> tiers;
   std::map<PendingCode, long> pending_codes;  // in the last round
+  uint64_t digest = 0;
 };
+
+// A measured steady-state round, in a function of its own so that a profiler can be told to
+// look at these alone (valgrind --tool=callgrind --toggle-collect='*measured_round*').
+[[gnu::noinline]] Plan measured_round(Cluster& c, const std::vector<Workload>& queue, const Options& opts) {
+  Plan p = schedule(c, queue, opts);
+  if (!apply(p, c)) std::abort();
+  return p;
+}
 
 Result run_once(const Config& cfg, uint64_t seed) {
   Result res;
@@ -170,6 +219,8 @@ Result run_once(const Config& cfg, uint64_t seed) {
 
   // ---- Burst: an empty fleet, a queue worth 1.5 fleets; --bursts times on fresh fleets, so
   // that the timed part (tens of milliseconds each) is long enough to measure on a busy machine.
+  Digest dig;
+  dig.reasons = cfg.digest == 1;
   {
     std::vector<uint32_t> decisions;
     Clock::duration burst_time{};
@@ -187,6 +238,7 @@ Result run_once(const Config& cfg, uint64_t seed) {
       for (;;) {
         Plan p = schedule(c, queue, opts);
         if (!apply(p, c)) std::abort();
+        if (cfg.digest) dig.plan(p);
         decisions.insert(decisions.end(), p.stats.decision_ns.begin(), p.stats.decision_ns.end());
         res.burst_placed += p.stats.placed;
         if (p.placements.empty()) break;
@@ -239,9 +291,10 @@ Result run_once(const Config& cfg, uint64_t seed) {
     while (static_cast<int>(queue.size()) < cfg.queue) queue.push_back(gen.next(static_cast<int64_t>(now)));
     opts.now = static_cast<int64_t>(now);
     auto t0 = Clock::now();
-    Plan p = schedule(c, queue, opts);
-    if (!apply(p, c)) std::abort();
+    Plan p = now >= warm ? measured_round(c, queue, opts) : schedule(c, queue, opts);
+    if (now < warm && !apply(p, c)) std::abort();
     auto dt = Clock::now() - t0;
+    if (cfg.digest) dig.plan(p);
     placed_last = !p.placements.empty();
     if (now >= warm) {
       sched_time += dt;
@@ -291,6 +344,7 @@ Result run_once(const Config& cfg, uint64_t seed) {
   res.util = util_area / (end - warm);
   res.mean_pending = res.rounds ? double(pending_sum) / res.rounds : 0;
   for (const Pending& pe : last.pending) ++res.pending_codes[pe.code];
+  res.digest = dig.h;
   return res;
 }
 
@@ -302,7 +356,7 @@ double median(std::vector<double> v) {
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: scheduler_bench [--runs N] [--bursts N] [--seed S] [--hours H] [--warmup-hours H] [--queue N]\n"
-               "                       [--backfill hold|strict|greedy] [--nodes N]\n");
+               "                       [--backfill hold|strict|greedy] [--nodes N] [--digest 1|2]\n");
   std::exit(2);
 }
 
@@ -321,6 +375,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup-hours") cfg.warmup_hours = std::stod(v);
     else if (a == "--queue") cfg.queue = std::stoi(v);
     else if (a == "--nodes") cfg.nodes = std::stoi(v);
+    else if (a == "--digest") cfg.digest = std::stoi(v);  // 1: everything, 2: no pending sentences
     else if (a == "--backfill") {
       if (v == "hold") cfg.backfill = Backfill::kHold;
       else if (v == "strict") cfg.backfill = Backfill::kStrict;
@@ -348,6 +403,7 @@ int main(int argc, char** argv) {
                 100 * x.burst_util, x.rounds, x.placed, x.preempted, x.rate, x.decision_rate, x.decision_p50_us,
                 x.decision_p99_us,
                 x.round_p50_us, x.round_p99_us, x.round_max_us, 100 * x.util, x.mean_pending);
+    if (cfg.digest) std::printf("run %d: plan digest %016llx\n", r + 1, static_cast<unsigned long long>(x.digest));
     std::fflush(stdout);
     results.push_back(std::move(x));
   }

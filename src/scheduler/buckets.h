@@ -10,8 +10,8 @@ namespace aicloud::sched {
 // free" is a short sum rather than a scan.
 class Hist {
  public:
-  void add(int k, int delta) {
-    if (k >= static_cast<int>(c_.size())) c_.resize(k + 1, 0);
+  [[gnu::always_inline]] void add(int k, int delta) {
+    if (k >= static_cast<int>(c_.size())) grow(k);
     c_[k] += delta;
   }
   int at_least(int g) const {
@@ -23,13 +23,13 @@ class Hist {
   int top() const { return static_cast<int>(c_.size()) - 1; }  // largest key ever seen
 
  private:
+  [[gnu::noinline]] void grow(int k) { c_.resize(k + 1, 0); }  // rare: keeps add() small enough to inline
   std::vector<int> c_;
 };
 
 // Items (small dense ids) kept in buckets by an integer key, with O(1) insert, move and erase.
-// Used for "NVLink domains of a pool by free GPUs" (iterate from a key upward: best fit) and
-// "nodes that hold spot work, by free GPUs". Order inside a bucket is arbitrary but
-// deterministic for a given sequence of calls.
+// Used for "NVLink domains of a pool by free GPUs" (iterate from a key upward: best fit).
+// Order inside a bucket is arbitrary but deterministic for a given sequence of calls.
 class BucketIndex {
  public:
   void set(uint32_t item, int key) {

@@ -53,8 +53,12 @@ std::vector<int> gpus_of(uint64_t mask) {
   return v;
 }
 
-int Cluster::Node::free() const { return std::popcount(free_mask); }
-int Cluster::Node::spot() const { return std::popcount(spot_mask); }
+void Cluster::Node::set_masks(uint64_t free, uint64_t spot) {
+  free_mask = free;
+  spot_mask = spot;
+  free_count = static_cast<int8_t>(std::popcount(free));
+  spot_count = static_cast<int8_t>(std::popcount(spot));
+}
 
 // ---- Inventory -------------------------------------------------------------------------------
 
@@ -143,7 +147,8 @@ NodeIdx Cluster::add_node(const NodeSpec& spec) {
   node.pool = pool;
   node.gpu_count = spec.gpu_count;
   node.gpu_watts = spec.gpu_watts;
-  node.all_mask = node.free_mask = all_gpus(spec.gpu_count);
+  node.all_mask = all_gpus(spec.gpu_count);
+  node.set_masks(node.all_mask, 0);
   node.labels = spec.labels;
   node.taints = spec.taints;
   node.state = spec.state;
@@ -153,6 +158,7 @@ NodeIdx Cluster::add_node(const NodeSpec& spec) {
   Domain& d = domains_[dit->second];
   d.nodes.push_back(n);
   filter_cache_.clear();
+  sentences_.clear();
   if (!spec.taints.empty()) ++d.tainted;
   Pool& p = pools_[pool];
   p.nodes.push_back(n);
@@ -189,10 +195,13 @@ void Cluster::set_node_labels(const std::string& id, Labels labels) {
 void Cluster::set_node_taints(const std::string& id, std::vector<Taint> taints) {
   auto n = find_node(id);
   if (!n) bad("unknown node " + id);
+  if (journaling_) bad("set_node_taints during a round");
   Node& node = nodes_[*n];
   Domain& d = domains_[node.domain];
   d.tainted += (taints.empty() ? 0 : 1) - (node.taints.empty() ? 0 : 1);
+  unindex(*n);  // the untainted histograms
   node.taints = std::move(taints);
+  index(*n);
   filter_cache_.clear();
 }
 
@@ -210,6 +219,12 @@ void Cluster::unindex(NodeIdx n) {
   Pool& p = pools_[node.pool];
   d.free_hist.add(f, -1);
   d.reclaim_hist.add(f + s, -1);
+  if (node.taints.empty()) {
+    d.clean_free_hist.add(f, -1);
+    d.clean_reclaim_hist.add(f + s, -1);
+    p.clean_free_hist.add(f, -1);
+    p.clean_reclaim_hist.add(f + s, -1);
+  }
   d.free -= f;
   d.spot -= s;
   sl.free_hist.add(f, -1);
@@ -227,7 +242,6 @@ void Cluster::unindex(NodeIdx n) {
   } else {
     p.domains_by_free.set(node.domain, d.free);
   }
-  p.spot_nodes_by_free.erase(n);
 }
 
 void Cluster::index(NodeIdx n) {
@@ -240,6 +254,12 @@ void Cluster::index(NodeIdx n) {
   Pool& p = pools_[node.pool];
   d.free_hist.add(f, 1);
   d.reclaim_hist.add(f + s, 1);
+  if (node.taints.empty()) {
+    d.clean_free_hist.add(f, 1);
+    d.clean_reclaim_hist.add(f + s, 1);
+    p.clean_free_hist.add(f, 1);
+    p.clean_reclaim_hist.add(f + s, 1);
+  }
   d.free += f;
   d.spot += s;
   sl.free_hist.add(f, 1);
@@ -254,7 +274,6 @@ void Cluster::index(NodeIdx n) {
   ++p.indexed_nodes;
   ++d.indexed;
   p.domains_by_free.set(node.domain, d.free);
-  if (s > 0) p.spot_nodes_by_free.set(n, f);
 }
 
 // ---- Allocations -----------------------------------------------------------------------------
@@ -317,7 +336,7 @@ uint32_t Cluster::take(Alloc a) {
     allocs_.emplace_back();
   }
   restore(slot, std::move(a));
-  if (journaling_) journal_.push_back(Undo{Undo::kTook, slot, 0, {}});
+  if (journaling_) journal_.push_back(Undo{Undo::kTook, slot, 0, 0});
   return slot;
 }
 
@@ -327,8 +346,11 @@ void Cluster::restore(uint32_t slot, Alloc a) {
   for (auto [n, mask] : a.parts) {
     unindex(n);
     Node& node = nodes_[n];
-    node.free_mask &= ~mask;
-    if (a.cls == Class::kSpot) node.spot_mask |= mask;
+    node.set_masks(node.free_mask & ~mask, a.cls == Class::kSpot ? node.spot_mask | mask : node.spot_mask);
+    if (!a.ports.empty()) {
+      if (node.ports.empty()) ++domains_[node.domain].ported;
+      node.ports.insert(node.ports.end(), a.ports.begin(), a.ports.end());
+    }
     node.allocs.push_back(slot);
     zones_[node.zone].used_w += int64_t(std::popcount(mask)) * node.gpu_watts;
     index(n);
@@ -344,8 +366,9 @@ void Cluster::drop(uint32_t slot) {
   for (auto [n, mask] : a.parts) {
     unindex(n);
     Node& node = nodes_[n];
-    node.free_mask |= mask;
-    node.spot_mask &= ~mask;
+    node.set_masks(node.free_mask | mask, node.spot_mask & ~mask);
+    for (int port : a.ports) node.ports.erase(std::find(node.ports.begin(), node.ports.end(), port));
+    if (!a.ports.empty() && node.ports.empty()) --domains_[node.domain].ported;
     auto it = std::find(node.allocs.begin(), node.allocs.end(), slot);
     *it = node.allocs.back();
     node.allocs.pop_back();
@@ -357,7 +380,8 @@ void Cluster::drop(uint32_t slot) {
   by_workload_.erase(a.workload);
   a.live = false;
   if (journaling_) {
-    journal_.push_back(Undo{Undo::kDropped, slot, 0, std::move(a)});
+    journal_.push_back(Undo{Undo::kDropped, slot, 0, static_cast<uint32_t>(saved_.size())});
+    saved_.push_back(std::move(a));
     allocs_[slot] = Alloc{};
     dead_slots_.push_back(slot);
   } else {
@@ -371,12 +395,13 @@ void Cluster::hide(NodeIdx n) {
   if (node.hidden) return;
   unindex(n);
   node.hidden = true;
-  if (journaling_) journal_.push_back(Undo{Undo::kHid, 0, n, {}});
+  if (journaling_) journal_.push_back(Undo{Undo::kHid, 0, n, 0});
 }
 
 void Cluster::begin_journal() {
   journaling_ = true;
   journal_.clear();
+  saved_.clear();
 }
 
 void Cluster::rollback() {
@@ -384,7 +409,7 @@ void Cluster::rollback() {
   for (auto it = journal_.rbegin(); it != journal_.rend(); ++it) {
     switch (it->kind) {
       case Undo::kTook: drop(it->slot); break;
-      case Undo::kDropped: restore(it->slot, std::move(it->saved)); break;
+      case Undo::kDropped: restore(it->slot, std::move(saved_[it->saved])); break;
       case Undo::kHid:
         nodes_[it->node].hidden = false;
         index(it->node);
@@ -392,6 +417,7 @@ void Cluster::rollback() {
     }
   }
   journal_.clear();
+  saved_.clear();
   dead_slots_.clear();  // every dead slot was restored above
 }
 
@@ -404,6 +430,7 @@ void Cluster::commit() {
     }
   }
   journal_.clear();
+  saved_.clear();
   free_slots_.insert(free_slots_.end(), dead_slots_.begin(), dead_slots_.end());
   dead_slots_.clear();
 }
@@ -415,6 +442,7 @@ void Cluster::add_running(const Running& r) {
   a.org = r.org;
   a.project = r.project;
   a.cls = r.cls;
+  a.ports = r.ports;
   for (const NodeGpus& ng : r.on) {
     auto n = find_node(ng.node);
     if (!n) bad("unknown node " + ng.node);
@@ -435,7 +463,7 @@ std::optional<Running> Cluster::running(const std::string& workload) const {
   auto it = by_workload_.find(workload);
   if (it == by_workload_.end()) return std::nullopt;
   const Alloc& a = allocs_[it->second];
-  Running r{a.workload, a.org, a.project, a.cls, {}};
+  Running r{a.workload, a.org, a.project, a.cls, {}, a.ports};
   for (auto [n, mask] : a.parts) r.on.push_back(NodeGpus{nodes_[n].id, gpus_of(mask)});
   return r;
 }
@@ -451,6 +479,7 @@ void Cluster::set_reservations(std::vector<Reservation> reservations) {
 
 void Cluster::set_quotas(std::vector<QuotaLimit> quotas) {
   quotas_ = std::move(quotas);
+  sentences_.clear();  // they name quotas by index
   quotas_by_scope_.clear();
   for (uint32_t i = 0; i < quotas_.size(); ++i) quotas_by_scope_[quotas_[i].scope].push_back(i);
   usage_.clear();
@@ -476,7 +505,7 @@ int64_t Cluster::reserved_headroom(uint32_t pool, int64_t now) const {
   return headroom;
 }
 
-std::vector<Offer> Cluster::offers(int64_t now) const {
+std::vector<Offer> Cluster::offers(int64_t now, const std::string& org) const {
   std::vector<Offer> out;
   for (uint32_t p = 0; p < pools_.size(); ++p) {
     const Pool& pool = pools_[p];
@@ -484,10 +513,21 @@ std::vector<Offer> Cluster::offers(int64_t now) const {
     Offer o;
     o.region = regions_[pool.region].id;
     o.gpu_type = types_[pool.type];
+    o.nodes = pool.indexed_nodes;
     o.total_gpus = pool.gpus;
     o.free_gpus = pool.free;
     o.spot_gpus = pool.spot;
     o.reserved_headroom = static_cast<int>(reserved_headroom(p, now));
+    if (!org.empty()) {
+      for (const Reservation& r : reservations_) {
+        if (r.approved && r.org == org && r.start <= now && now < r.end && r.gpu_type == o.gpu_type &&
+            r.region == o.region) {
+          o.reserved_gpus += r.gpus;
+        }
+      }
+      auto used = reserved_used_.find(usage_key(org, o.gpu_type, o.region));
+      o.reserved_unused = std::max(0, o.reserved_gpus - (used == reserved_used_.end() ? 0 : used->second));
+    }
     out.push_back(o);
   }
   std::sort(out.begin(), out.end(), [](const Offer& a, const Offer& b) {
@@ -506,6 +546,7 @@ double Cluster::zone_power_used_kw(const std::string& zone) const {
 std::string Cluster::check_invariants() const {
   // GPUs: the allocations partition the used GPUs; nothing is taken twice.
   std::vector<uint64_t> used(nodes_.size(), 0), spot(nodes_.size(), 0);
+  std::vector<std::vector<int>> ports(nodes_.size());
   std::vector<int64_t> watts(zones_.size(), 0);
   int64_t allocated = 0;
   size_t live = 0;
@@ -519,6 +560,7 @@ std::string Cluster::check_invariants() const {
       if (used[n] & mask) return "GPU double-booked on node " + nodes_[n].id;
       used[n] |= mask;
       if (a.cls == Class::kSpot) spot[n] |= mask;
+      ports[n].insert(ports[n].end(), a.ports.begin(), a.ports.end());
       watts[nodes_[n].zone] += int64_t(std::popcount(mask)) * nodes_[n].gpu_watts;
       if (std::find(nodes_[n].allocs.begin(), nodes_[n].allocs.end(), slot) == nodes_[n].allocs.end()) {
         return "node " + nodes_[n].id + " lost an allocation";
@@ -533,19 +575,25 @@ std::string Cluster::check_invariants() const {
   }
   // The index: recount every histogram and total from the nodes.
   std::vector<Hist> dfree(domains_.size()), drec(domains_.size()), sfree(slices_.size()),
-      srec(slices_.size()), pfree(pools_.size()), prec(pools_.size());
+      srec(slices_.size()), pfree(pools_.size()), prec(pools_.size()), dcfree(domains_.size()),
+      dcrec(domains_.size()), pcfree(pools_.size()), pcrec(pools_.size());
   std::vector<int> df(domains_.size()), ds(domains_.size()), di(domains_.size()), sf(slices_.size()),
       ss(slices_.size()), pf(pools_.size()), ps(pools_.size()), pg(pools_.size()), pn(pools_.size());
+  std::vector<int> ported(domains_.size(), 0);
   for (NodeIdx n = 0; n < nodes_.size(); ++n) {
     const Node& node = nodes_[n];
     if (node.free_mask != (node.all_mask & ~used[n])) return "free GPUs of node " + node.id + " out of date";
+    std::vector<int> held = node.ports;
+    std::sort(held.begin(), held.end());
+    std::sort(ports[n].begin(), ports[n].end());
+    if (held != ports[n]) return "host ports of node " + node.id + " out of date";
+    ported[node.domain] += !held.empty();
     if (node.spot_mask != spot[n]) return "spot GPUs of node " + node.id + " out of date";
+    if (node.free() != std::popcount(node.free_mask) || node.spot() != std::popcount(node.spot_mask)) {
+      return "GPU counts of node " + node.id + " out of date";
+    }
     bool should = node.state == NodeState::kReady && !node.hidden && node.gpu_count > 0;
     if (node.indexed != should) return "node " + node.id + " indexed wrongly";
-    const Pool& p = pools_[node.pool];
-    bool in_spot = p.spot_nodes_by_free.contains(n);
-    if (in_spot != (should && node.spot() > 0)) return "spot bucket of node " + node.id;
-    if (in_spot && p.spot_nodes_by_free.key(n) != node.free()) return "spot bucket key of node " + node.id;
     if (!should) continue;
     int f = node.free(), s = node.spot();
     dfree[node.domain].add(f, 1);
@@ -554,6 +602,12 @@ std::string Cluster::check_invariants() const {
     srec[node.slice].add(f + s, 1);
     pfree[node.pool].add(f, 1);
     prec[node.pool].add(f + s, 1);
+    if (node.taints.empty()) {
+      dcfree[node.domain].add(f, 1);
+      dcrec[node.domain].add(f + s, 1);
+      pcfree[node.pool].add(f, 1);
+      pcrec[node.pool].add(f + s, 1);
+    }
     df[node.domain] += f;
     ds[node.domain] += s;
     ++di[node.domain];
@@ -573,7 +627,11 @@ std::string Cluster::check_invariants() const {
   for (uint32_t d = 0; d < domains_.size(); ++d) {
     const Domain& dom = domains_[d];
     if (!same(dom.free_hist, dfree[d]) || !same(dom.reclaim_hist, drec[d])) return "histogram of domain " + dom.id;
+    if (!same(dom.clean_free_hist, dcfree[d]) || !same(dom.clean_reclaim_hist, dcrec[d])) {
+      return "untainted histogram of domain " + dom.id;
+    }
     if (dom.free != df[d] || dom.spot != ds[d] || dom.indexed != di[d]) return "totals of domain " + dom.id;
+    if (dom.ported != ported[d]) return "nodes with host ports of domain " + dom.id;
     const Pool& p = pools_[dom.pool];
     if (p.domains_by_free.contains(d) != (di[d] > 0)) return "domain bucket of " + dom.id;
     if (di[d] > 0 && p.domains_by_free.key(d) != df[d]) return "domain bucket key of " + dom.id;
@@ -586,6 +644,9 @@ std::string Cluster::check_invariants() const {
   for (uint32_t p = 0; p < pools_.size(); ++p) {
     const Pool& pool = pools_[p];
     if (!same(pool.free_hist, pfree[p]) || !same(pool.reclaim_hist, prec[p])) return "histogram of a pool";
+    if (!same(pool.clean_free_hist, pcfree[p]) || !same(pool.clean_reclaim_hist, pcrec[p])) {
+      return "untainted histogram of a pool";
+    }
     if (pool.free != pf[p] || pool.spot != ps[p] || pool.gpus != pg[p] || pool.indexed_nodes != pn[p]) {
       return "totals of a pool";
     }

@@ -7,14 +7,15 @@
 // drive the same object. Not thread-safe: the server serializes scheduling rounds.
 //
 // The index (why a decision need not scan every node). Per pool = (region, GPU type):
-//   - a histogram of ready nodes by free GPUs: "are there n nodes with g free?" in a few adds;
+//   - a histogram of ready nodes by free GPUs: "are there n nodes with g free?" in a few adds
+//     (and one of the untainted ones: most work tolerates no taint, and tainted nodes stay free);
 //   - its NVLink domains bucketed by free GPUs: best fit for a gang is "the first domain at or
 //     above n*g free whose histogram has n nodes with g free";
 //   - per zone, a histogram and the zone's domains, for gangs larger than a domain;
-//   - nodes holding spot work, bucketed by free GPUs, for preemption;
 //   - free and spot GPU totals, for reservations and quick refusals.
 // Only ready nodes are in the index; GPUs on other nodes are neither free nor reclaimable.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "scheduler/buckets.h"
+#include "scheduler/memo.h"
 #include "scheduler/types.h"
 
 namespace aicloud::sched {
@@ -32,17 +34,28 @@ using NodeIdx = uint32_t;
 uint64_t mask_of(const std::vector<int>& gpus);
 std::vector<int> gpus_of(uint64_t mask);
 
-// What a region offers in one GPU type right now (GET /v1/compute/offers).
+// What a region offers in one GPU type right now (GET /v1/compute/offers), to one organization:
+// for each class, the GPUs that its work could be placed on now, as the scheduler would admit it.
+// Spot and on-demand work get free GPUs (on-demand less what is kept for reservations); reserved
+// work gets its organization's unused reservation, GPUs lent to spot work included (preempted).
 struct Offer {
   std::string region, gpu_type;
-  int total_gpus = 0;        // on ready nodes
-  int free_gpus = 0;         // not held by anyone: what spot can take
-  int spot_gpus = 0;         // held by spot work: what reserved and on-demand work can also take
-  int reserved_headroom = 0; // reserved for organizations' reserved work and not yet used by it
+  int nodes = 0;              // ready nodes
+  int total_gpus = 0;         // on ready nodes
+  int free_gpus = 0;          // not held by anyone: what spot work can take
+  int spot_gpus = 0;          // held by spot work: reserved and on-demand work may preempt it
+  int reserved_headroom = 0;  // every organization's active reservations less what their reserved work holds
+  int reserved_gpus = 0;      // the organization's own active reservations (approved, started, not ended)
+  int reserved_unused = 0;    // of those, not held by its reserved work
+  // On-demand work may not take what is kept for reservations (the organization's own included:
+  // its reserved work uses that): free GPUs, as long as free + spot stays above the headroom.
   int on_demand_gpus() const {
-    int n = free_gpus + spot_gpus - reserved_headroom;
+    int n = std::min(free_gpus, free_gpus + spot_gpus - reserved_headroom);
     return n < 0 ? 0 : n;
   }
+  // The organization's reserved work: what is left of its reservations, as far as GPUs are free
+  // or lent to spot work (which its reserved work preempts: the reservation is a guarantee).
+  int reserved_available() const { return std::min(reserved_unused, free_gpus + spot_gpus); }
 };
 
 class Round;  // scheduler.cpp
@@ -92,8 +105,9 @@ class Cluster {
   int64_t total_gpus() const { return total_gpus_; }       // every node, any state
   int64_t allocated_gpus() const { return allocated_gpus_; }
   double zone_power_used_kw(const std::string& zone) const;
-  // Per (region, GPU type), reservations active at `now`.
-  std::vector<Offer> offers(int64_t now) const;
+  // Per (region, GPU type), sorted, with the reservations active at `now`; reserved_* are
+  // those of organization `org` ("" = none).
+  std::vector<Offer> offers(int64_t now, const std::string& org = "") const;
   // The holds of the last applied plan: nodes kept for blocked workloads at the queue's head.
   const std::unordered_map<std::string, std::vector<NodeIdx>>& holds() const { return holds_; }
 
@@ -110,14 +124,20 @@ class Cluster {
     uint32_t region = 0, zone = 0, domain = 0, slice = 0, pool = 0;
     int gpu_count = 0, gpu_watts = 0;
     uint64_t all_mask = 0, free_mask = 0, spot_mask = 0;
+    // popcount(free_mask), popcount(spot_mask): read on every decision, written only when the
+    // masks change (set_masks), and a popcount is a library call on baseline x86-64.
+    int8_t free_count = 0, spot_count = 0;
     Labels labels;
     std::vector<Taint> taints;
+    std::vector<int> ports;  // host ports held by its allocations (one entry per holder)
     NodeState state = NodeState::kReady;
     bool indexed = false;          // counted in the index: ready and not hidden by a hold
     bool hidden = false;           // kept out of the index for the rest of a round (a hold)
     std::vector<uint32_t> allocs;  // allocation slots with GPUs on this node
-    int free() const;
-    int spot() const;
+    bool uses_port(int port) const { return std::find(ports.begin(), ports.end(), port) != ports.end(); }
+    int free() const { return free_count; }
+    int spot() const { return spot_count; }
+    void set_masks(uint64_t free, uint64_t spot);
   };
   struct Alloc {
     std::string workload, org, project;
@@ -125,6 +145,7 @@ class Cluster {
     uint32_t type = 0, region = 0;
     int gpus = 0;
     std::vector<std::pair<NodeIdx, uint64_t>> parts;
+    std::vector<int> ports;  // held on every node of parts
     bool live = false;
   };
   struct Domain {
@@ -132,8 +153,10 @@ class Cluster {
     uint32_t zone = 0, slice = 0, pool = 0;
     bool own = false;  // a node without a declared domain
     std::vector<NodeIdx> nodes;
-    Hist free_hist, reclaim_hist;  // indexed nodes by free, by free + spot
+    Hist free_hist, reclaim_hist;              // indexed nodes by free, by free + spot
+    Hist clean_free_hist, clean_reclaim_hist;  // the same for untainted nodes
     int free = 0, spot = 0, indexed = 0, tainted = 0;
+    int ported = 0;  // nodes with a host port in use
   };
   struct Slice {  // a zone's part of a pool
     uint32_t zone = 0, pool = 0;
@@ -153,12 +176,12 @@ class Cluster {
   struct Pool {
     uint32_t region = 0, type = 0;
     Hist free_hist, reclaim_hist;
+    Hist clean_free_hist, clean_reclaim_hist;  // untainted nodes: what tolerates no taint can use
     Hist size_hist;  // every node, any state, by GPU count: can it ever fit?
     int free = 0, spot = 0, gpus = 0, indexed_nodes = 0, max_domain_nodes = 0;
     std::vector<uint32_t> slices;
     std::vector<NodeIdx> nodes;     // every node, any state (for explanations)
     BucketIndex domains_by_free;    // domains with an indexed node -> free GPUs
-    BucketIndex spot_nodes_by_free; // indexed nodes with spot GPUs -> free GPUs
   };
 
   // Undo log: while a journal is open, each mutation records its inverse, so that a round can
@@ -166,9 +189,9 @@ class Cluster {
   // be all-or-nothing.
   struct Undo {
     enum Kind : uint8_t { kTook, kDropped, kHid } kind;
-    uint32_t slot = 0;
-    NodeIdx node = 0;
-    Alloc saved;
+    uint32_t slot = 0;  // kTook, kDropped
+    NodeIdx node = 0;   // kHid
+    uint32_t saved = 0; // kDropped: the allocation, in saved_
   };
 
   // Index maintenance: a node's contribution is taken out, the node changed, put back.
@@ -224,9 +247,21 @@ class Cluster {
   };
   std::unordered_map<std::string, FilterCounts> filter_cache_;
 
+  // Sentences the scheduler wrote in earlier rounds (why a workload is pending), by every number
+  // and name they contain: at saturation the same questions come back round after round, and a
+  // sentence costs more to write than to look up. `check` holds the one name a key cannot (an
+  // organization, a workload). Bounded (cleared at 4,096); cleared when the inventory or the
+  // quotas change.
+  struct Sentence {
+    std::string check, text;
+    uint8_t code = 0;  // a PendingCode (plan.h), where the sentence implies one
+  };
+  MemoMap<Sentence> sentences_;
+
   mutable std::string key_buf_;
   bool journaling_ = false;
   std::vector<Undo> journal_;
+  std::vector<Alloc> saved_;  // allocations dropped while journaling
 };
 
 }  // namespace aicloud::sched

@@ -28,6 +28,7 @@ struct Placement {
   // this workload at once; the agents start it on those devices only after the victims have
   // exited (SIGTERM, the notice period, then SIGKILL).
   std::vector<std::string> preempts;
+  std::vector<int> ports;  // the workload's host ports, held on each of its nodes
 };
 
 // A spot workload to stop: the caller marks it preempting and sends the notice.
@@ -45,6 +46,7 @@ enum class PendingCode : uint8_t {
   kReservationFull,   // reserved class beyond the reservation's GPUs
   kReservedCapacity,  // on-demand: what is free is reserved for other organizations
   kQueued,            // strict mode: behind a blocked workload of its pool
+  kPortInUse,         // every node with room already has a workload on one of its ports
 };
 const char* to_string(PendingCode c);
 

@@ -5,8 +5,9 @@
 //   1. queue order: class (reserved, on-demand, spot), then priority (higher first), then age;
 //   2. admission: quota (on-demand, spot), reservation (reserved work fits its reservation;
 //      on-demand work may not take what is reserved for others' reserved work);
-//   3. feasibility: GPU type and count, region and zone, labels and taints, node state (the
-//      index only holds ready nodes), the zone's power budget;
+//   3. feasibility: GPU type and count, region and zone, labels and taints, host ports (a node
+//      where another workload holds one of a service's fixed ports cannot take it), node state
+//      (the index only holds ready nodes), the zone's power budget;
 //   4. ranking: best fit, so that whole nodes and whole NVLink domains stay free for large
 //      jobs. A gang goes into one NVLink domain, else one zone, else spreads over the region,
 //      and the placement's reason says which and why;
@@ -18,7 +19,15 @@
 //   7. everything not placed is pending with a code and a sentence saying why.
 // Each placement is applied to the Cluster as the round goes (so that two placements never take
 // the same GPU) through an undo log; the round ends by rolling the Cluster back, so schedule()
-// leaves it as it found it. apply() then commits the plan, all or nothing.
+// leaves it as it found it (but for its memo of sentences, below). apply() then commits the
+// plan, all or nothing.
+//
+// At saturation almost every pending workload fails, round after round, for the same reasons;
+// a round is cheap because failing is: within a round, a shape that failed in a pool is not
+// searched again (nor any larger one with the same constraints) until a preemption frees GPUs
+// there, and the sentence for (constraints, shape, pools, holds) is written once; across
+// rounds, the cluster remembers sentences under every number and name they contain
+// (Cluster::sentences_), so a sentence is only written again when what it says changed.
 #pragma once
 #include <cstdint>
 #include <string>

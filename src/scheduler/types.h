@@ -61,6 +61,9 @@ struct Workload {
   std::string zone;         // "" = any zone of the region
   Labels node_selector;     // every pair must be among the node's labels
   std::vector<Toleration> tolerations;
+  // Host ports it listens on, on each of its nodes (a service with a fixed port): a node where
+  // another workload holds one of them cannot take it.
+  std::vector<int> ports;
 
   int gpus() const { return nodes * gpus_per_node; }
 };
@@ -76,6 +79,7 @@ struct Running {
   std::string workload, org, project;
   Class cls = Class::kOnDemand;
   std::vector<NodeGpus> on;
+  std::vector<int> ports;  // host ports it holds on each of its nodes
 };
 
 // An approved reservation guarantees `gpus` GPUs of a type in a region to one organization's
