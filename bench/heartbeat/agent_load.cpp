@@ -5,7 +5,8 @@
 //   agent_load join     --url URL --token JOIN_TOKEN --nodes N [--concurrency 32] [--region R]
 //                       [--gpus 8] --out KEYS_FILE
 //   agent_load beat     --url URL --keys KEYS_FILE [--agents N] [--interval-ms 5000 (0: none)] [--poll-ms 0]
-//                       [--seconds 30] [--warmup 5] [--pid SERVER_PID] [--background-tid TID] [--trace FILE]
+//                       [--long-poll-s 0] [--seconds 30] [--warmup 5] [--pid SERVER_PID] [--background-tid TID]
+//                       [--trace FILE]
 //   agent_load saturate --url URL --keys KEYS_FILE [--connections 64] [--seconds 10] [--pid PID]
 //                       [--background-tid TID]
 //
@@ -14,9 +15,12 @@
 //           interval, the agents' phases spread evenly over it; with --poll-ms it also polls
 //           GET /agent/v1/assignments that often (the real agent's loop polls every 500 ms). A
 //           request's latency is measured from when it was due, not from when it could be sent,
-//           so a server that falls behind shows it (no coordinated omission). Reports the rate
-//           achieved, latency percentiles, and the CPU the server process (utime + stime from
-//           /proc/PID/stat) and this generator took over the measured window.
+//           so a server that falls behind shows it (no coordinated omission). With --long-poll-s W
+//           each agent also keeps, on a second connection as the real agent does, one long-poll
+//           outstanding: GET /agent/v1/assignments?wait=W&after=VERSION, sent again with the
+//           answer's version as soon as it comes (at each wait's end, nothing changing). Reports
+//           the rate achieved, latency percentiles, and the CPU the server process (utime + stime
+//           from /proc/PID/stat) and this generator took over the measured window.
 // saturate: closed loop over `connections` agents, each sending its next heartbeat as soon as
 //           the previous answer arrives: the most heartbeats per second the server answers.
 //
@@ -369,8 +373,9 @@ std::string heartbeat_request(const Url& u, const std::string& key) {
          "\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
 }
 
-std::string poll_request(const Url& u, const std::string& key) {
-  return "GET /agent/v1/assignments HTTP/1.1\r\nHost: " + host_header(u) + "\r\nAuthorization: Bearer " + key + "\r\n\r\n";
+std::string poll_request(const Url& u, const std::string& key, const std::string& query = "") {
+  return "GET /agent/v1/assignments" + query + " HTTP/1.1\r\nHost: " + host_header(u) + "\r\nAuthorization: Bearer " + key +
+         "\r\n\r\n";
 }
 
 std::vector<std::pair<std::string, std::string>> read_keys(const std::string& path, size_t want) {
@@ -508,28 +513,49 @@ struct Window {
 int cmd_beat(const Args& a) {
   Url url = parse_url(a.need("url"));
   long agents = a.num("agents", 10000), interval_ms = a.num("interval-ms", 5000), poll_ms = a.num("poll-ms", 0);
+  long long_poll_s = a.num("long-poll-s", 0);
   long seconds = a.num("seconds", 30), warmup = a.num("warmup", 5), pid = a.num("pid", 0);
   auto keys = read_keys(a.need("keys"), size_t(agents));
   int bg_tid = int(a.num("background-tid", 0));
   std::string trace_path = a.get("trace");  // optional: "seconds_since_start kind latency_us" per answer
   std::vector<std::tuple<int64_t, int, uint32_t>> trace;
-  enum { kBeat = 0, kPoll = 1 };
+  enum { kBeat = 0, kPoll = 1, kLongPoll = 2 };
   std::vector<uint32_t> lat[2];
   long answered[2] = {0, 0}, late = 0;
+  long long_answers = 0, long_changed = 0;  // long-polls answered in the window; of them, with a new version
   bool measuring = false;
-  Loop loop(url, size_t(agents));
+  // Connections [0, agents): heartbeats and short polls; [agents, 2 agents): the long-polls.
+  Loop loop(url, size_t(long_poll_s > 0 ? 2 * agents : agents));
+  std::vector<std::string> versions(long_poll_s > 0 ? size_t(agents) : 0);
   loop.make_request = [&](size_t c, int kind) {
+    if (kind == kLongPoll) {
+      const std::string& v = versions[c - size_t(agents)];
+      return poll_request(url, keys[c - size_t(agents)].second,
+                          v.empty() ? "" : "?wait=" + std::to_string(long_poll_s) + "&after=" + v);
+    }
     return kind == kBeat ? heartbeat_request(url, keys[c].second) : poll_request(url, keys[c].second);
   };
-  loop.on_answer = [&](size_t, int kind, int status, const std::string& body, int64_t due) {
+  loop.on_answer = [&](size_t c, int kind, int status, const std::string& body, int64_t due) {
     if (status != 200) die("HTTP " + std::to_string(status) + ": " + body);
+    if (kind == kLongPoll) {  // ask again at once, from the version it got
+      std::string v = json_string(body, "version");
+      if (v.empty()) die("no version in the assignments answer (a server without long-polls?): " + body.substr(0, 200));
+      std::string& have = versions[c - size_t(agents)];
+      if (measuring) {
+        ++long_answers;
+        long_changed += v != have;
+      }
+      have = v;
+      loop.request(c, kLongPoll, now_us());
+      return;
+    }
     if (!measuring) return;
     int64_t l = now_us() - due;
     lat[kind].push_back(uint32_t(std::min<int64_t>(l, UINT32_MAX)));
     ++answered[kind];
     if (!trace_path.empty()) trace.emplace_back(due, kind, lat[kind].back());
   };
-  std::printf("opening %ld connections...\n", agents);
+  std::printf("opening %zu connections...\n", loop.size());
   std::fflush(stdout);
   loop.connect_all();
 
@@ -540,15 +566,19 @@ int cmd_beat(const Args& a) {
   for (size_t i = 0; i < size_t(agents); ++i) {
     if (interval_ms > 0) due.emplace(start + int64_t(i) * interval_ms * 1000 / agents, kBeat, i);
     if (poll_ms > 0) due.emplace(start + int64_t(i) * poll_ms * 1000 / agents, kPoll, i);
+    // Each agent's first long-poll (answered at once; the next is held), spread over one wait as
+    // real agents' are: else all the waits would end together.
+    if (long_poll_s > 0) due.emplace(start + int64_t(i) * long_poll_s * 1'000'000 / agents, kLongPoll, size_t(agents) + i);
   }
   int64_t measure_at = start + warmup * 1'000'000, end = measure_at + seconds * 1'000'000;
   Window w;
   w.bg_tid = bg_tid;
-  std::printf("%ld agents: a heartbeat every %ld ms each (%.0f/s; 0 = none)%s; %ld s warm-up, then %ld s measured\n",
+  std::printf("%ld agents: a heartbeat every %ld ms each (%.0f/s; 0 = none)%s%s; %ld s warm-up, then %ld s measured\n",
               agents, interval_ms, interval_ms > 0 ? double(agents) * 1000.0 / double(interval_ms) : 0.0,
               poll_ms > 0 ? (", and GET /agent/v1/assignments every " + std::to_string(poll_ms) + " ms each (" +
                              std::to_string(agents * 1000 / poll_ms) + "/s)").c_str()
                           : "",
+              long_poll_s > 0 ? (", and one long-poll each held up to " + std::to_string(long_poll_s) + " s").c_str() : "",
               warmup, seconds);
   std::fflush(stdout);
   for (;;) {
@@ -561,6 +591,10 @@ int cmd_beat(const Args& a) {
     while (!due.empty() && std::get<0>(due.top()) <= now) {
       auto [when, kind, i] = due.top();
       due.pop();
+      if (kind == kLongPoll) {  // once: its answers send the next
+        loop.request(i, kind, when);
+        continue;
+      }
       if (loop.conn(i).busy) ++late;
       loop.request(i, kind, when);
       due.emplace(when + (kind == kBeat ? interval_ms : poll_ms) * 1000, kind, i);
@@ -575,8 +609,9 @@ int cmd_beat(const Args& a) {
     std::ofstream t(trace_path);
     for (const auto& [due, kind, l] : trace) t << double(due - w.t0) / 1e6 << ' ' << kind << ' ' << l << '\n';
   }
-  // Requests still unanswered at the end: count their age so far (a stalled server shows).
-  long unanswered = long(loop.in_flight());
+  // Requests still unanswered at the end: count their age so far (a stalled server shows). The
+  // long-polls are held by design: one per agent is always outstanding.
+  long unanswered = long(loop.in_flight()) - (long_poll_s > 0 ? agents : 0);
   std::printf("  heartbeats: %ld answered in %.1f s = %.0f/s; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
               answered[kBeat], secs, double(answered[kBeat]) / secs, percentile(lat[kBeat], 0.5) / 1000,
               percentile(lat[kBeat], 0.99) / 1000,
@@ -585,13 +620,17 @@ int cmd_beat(const Args& a) {
     std::printf("  assignment polls: %ld answered = %.0f/s; latency p50 %.2f ms, p99 %.2f ms\n", answered[kPoll],
                 double(answered[kPoll]) / secs, percentile(lat[kPoll], 0.5) / 1000, percentile(lat[kPoll], 0.99) / 1000);
   }
+  if (long_poll_s > 0) {
+    std::printf("  long-polls: %ld held open; %ld answered in the window = %.0f/s (%ld with a new version)\n", agents,
+                long_answers, double(long_answers) / secs, long_changed);
+  }
   std::printf("  requests due while the agent's previous one was unanswered: %ld; unanswered at the end: %ld\n", late,
               unanswered);
   std::printf("RESULT agents=%ld beats=%ld beat_rate=%.1f beat_p50_us=%.0f beat_p99_us=%.0f polls=%ld poll_rate=%.1f "
-              "poll_p50_us=%.0f poll_p99_us=%.0f late=%ld unanswered=%ld %s\n",
+              "poll_p50_us=%.0f poll_p99_us=%.0f long_polls=%ld long_poll_rate=%.1f late=%ld unanswered=%ld %s\n",
               agents, answered[kBeat], double(answered[kBeat]) / secs, percentile(lat[kBeat], 0.5),
               percentile(lat[kBeat], 0.99), answered[kPoll], double(answered[kPoll]) / secs, percentile(lat[kPoll], 0.5),
-              percentile(lat[kPoll], 0.99), late, unanswered, cpu.c_str());
+              percentile(lat[kPoll], 0.99), long_answers, double(long_answers) / secs, late, unanswered, cpu.c_str());
   return 0;
 }
 
@@ -644,7 +683,8 @@ int cmd_saturate(const Args& a) {
   std::fprintf(stderr,
                "usage: agent_load join --url URL --token T --nodes N [--concurrency C] [--region R] [--gpus G] --out FILE\n"
                "       agent_load beat --url URL --keys FILE [--agents N] [--interval-ms MS] [--poll-ms MS]\n"
-               "                       [--seconds S] [--warmup S] [--pid SERVER_PID] [--background-tid TID] [--trace FILE]\n"
+               "                       [--long-poll-s S] [--seconds S] [--warmup S] [--pid SERVER_PID]\n"
+               "                       [--background-tid TID] [--trace FILE]\n"
                "       agent_load saturate --url URL --keys FILE [--connections C] [--seconds S] [--pid SERVER_PID]\n"
                "                       [--background-tid TID]\n");
   std::exit(2);

@@ -14,12 +14,16 @@
 #             5 s = 2,000/s), open loop, RUNS times: server CPU (utime + stime from
 #             /proc/PID/stat) over the window, latency p50/p99 measured from when each beat
 #             was due;
-#   agent:    (POLL_MS > 0) the real agent's whole loop: the beats plus GET
-#             /agent/v1/assignments every POLL_MS per agent (src/agent/agent.cpp polls every
-#             500 ms: 20,000/s more at 10,000 agents);
+#   agent:    (POLL_MS > 0) the agent's loop before its long-poll: the beats plus GET
+#             /agent/v1/assignments every POLL_MS per agent (20,000/s more at 10,000 agents);
+#   longpoll: (LONG_POLL_S > 0) the real agent's loop (src/agent/agent.cpp): the beats, and one
+#             long-poll per agent on a second connection, GET /agent/v1/assignments?wait=
+#             LONG_POLL_S&after=VERSION, held by the server and sent again when answered (nothing
+#             changes, so each is answered when its wait ends: AGENTS / LONG_POLL_S a second);
 #   saturate: closed loop over SAT_CONNS agents: the most heartbeats per second.
 # Knobs (environment), with their defaults:
 #   AGENTS=10000 INTERVAL_MS=5000 SECONDS_PER_RUN=30 WARMUP=5 RUNS=3 POLL_MS=500 (0 = skip the agent case)
+#   LONG_POLL_S=25 (0 = skip the longpoll case)
 #   SAT_CONNS=64 SAT_SECONDS=10 JOIN_CONCURRENCY=32 SERVER_THREADS=2 SYNC=full LOG_LEVEL=warn
 set -euo pipefail
 
@@ -32,6 +36,7 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-30}
 WARMUP=${WARMUP:-5}
 RUNS=${RUNS:-3}
 POLL_MS=${POLL_MS:-500}
+LONG_POLL_S=${LONG_POLL_S:-25}
 SAT_CONNS=${SAT_CONNS:-64}
 SAT_SECONDS=${SAT_SECONDS:-10}
 JOIN_CONCURRENCY=${JOIN_CONCURRENCY:-32}
@@ -43,8 +48,10 @@ die() { echo "bench: $*" >&2; exit 1; }
 [ -x "$BIN" ] || die "$BIN not found: build it first (make build)"
 [ -x "$LOAD" ] || die "$LOAD not found: build it first (make build; the bench targets are on by default)"
 command -v curl >/dev/null || die "curl not found: run scripts/setup.sh"
-# One socket per agent on each side (the server and the generator are separate processes).
+# One socket per agent on each side (the server and the generator are separate processes); two
+# with long-polls.
 want_fds=$((AGENTS + 256))
+if [ "$LONG_POLL_S" -gt 0 ]; then want_fds=$((2 * AGENTS + 256)); fi
 if [ "$(ulimit -n)" -lt "$want_fds" ]; then
   ulimit -n "$want_fds" 2>/dev/null || die "ulimit -n is $(ulimit -n); $want_fds needed for $AGENTS agents"
 fi
@@ -139,6 +146,17 @@ if [ "$POLL_MS" -gt 0 ]; then
   done
   echo
 fi
+if [ "$LONG_POLL_S" -gt 0 ]; then
+  for r in $(seq "$RUNS"); do
+    echo "longpoll run $r (heartbeats + one long-poll per agent held up to $LONG_POLL_S s):"
+    # The warm-up covers one whole wait, so that the long-polls' answers are spread as in steady state.
+    "$LOAD" beat --url "$URL" --keys "$TMP/keys.txt" --agents "$AGENTS" --interval-ms "$INTERVAL_MS" \
+      --long-poll-s "$LONG_POLL_S" --seconds "$SECONDS_PER_RUN" --warmup "$((WARMUP > LONG_POLL_S ? WARMUP : LONG_POLL_S))" \
+      --pid "$SERVER_PID" --background-tid "$BG_TID" | tee "$TMP/out.txt" | grep -v '^RESULT'
+    record longpoll <"$TMP/out.txt"
+  done
+  echo
+fi
 for r in $(seq "$RUNS"); do
   echo "saturate run $r ($SAT_CONNS connections, closed loop):"
   "$LOAD" saturate --url "$URL" --keys "$TMP/keys.txt" --connections "$SAT_CONNS" --seconds "$SAT_SECONDS" \
@@ -168,6 +186,10 @@ if [ "$POLL_MS" -gt 0 ]; then
   row "agent loop, heartbeats (+ polls every $POLL_MS ms)" agent beat_rate beat_p50_us beat_p99_us
   printf '%-56s %8.0f %8s %8s\n' "agent loop, assignment polls" "$(median agent poll_rate)" \
     "$(ms "$(median agent poll_p50_us)")" "$(ms "$(median agent poll_p99_us)")"
+fi
+if [ "$LONG_POLL_S" -gt 0 ]; then
+  row "long-poll agents, heartbeats (+ $AGENTS long-polls held)" longpoll beat_rate beat_p50_us beat_p99_us
+  printf '%-56s %8.0f %8s %8s\n' "long-poll agents, long-polls answered (at wait's end)" "$(median longpoll long_poll_rate)" - -
 fi
 row "saturation: heartbeats over $SAT_CONNS connections, closed loop" saturate beat_rate beat_p50_us beat_p99_us
 echo "CPU of everything else on the machine during the heartbeat runs (median): $(median beat other_cpu) cores"

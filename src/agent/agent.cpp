@@ -8,12 +8,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -95,7 +97,12 @@ std::string self_exe() {
   return ec ? "aicloud" : p.string();
 }
 
-constexpr int64_t kSyncMs = 500;  // how often the agent asks for its assignments (and ships logs)
+// The agent learns its assignments by long-poll (AssignmentFeed, below): the server answers as
+// soon as they change, else after kWaitSeconds. Between answers the agent looks at its own
+// processes every kSyncMs: exits, health, new log and exec output, each reported when it changed.
+constexpr int64_t kSyncMs = 500;
+constexpr int64_t kQuickMs = 50;  // while a stop or a new exec is under way
+constexpr int64_t kWaitSeconds = 25;  // under the server's limit (60) and common proxies' idle timeouts
 constexpr int64_t kChunk = 256 * 1024;  // the most log or exec output sent in one report
 
 // How much of s to send now so that it ends on a whole UTF-8 character (the rest goes with the
@@ -200,25 +207,36 @@ struct WorkloadSync {
   std::map<std::string, int> seen_restarts;  // assignment id -> its restarts when last looked
   std::map<std::string, std::string> exec_reported;  // exec id -> status last reported
   std::map<std::string, int64_t> exec_sent;          // exec id -> output bytes the server has
+  // Look again soon (kQuickMs) rather than at the next pass for a moment after a stop begins
+  // or an exec starts: most processes end within moments, and their end is then reported at once.
+  int64_t quick_until_ms = 0;
+  std::set<std::string> stop_begun;  // assignment ids
+  // Assignments reported as never started (stopped first, or could not start): not tried again
+  // while the answer in hand still lists them (the server does not wake the agent for its own
+  // reports: the next answer drops them).
+  std::set<std::string> unstarted;
+  bool hurry() const { return now_ms() < quick_until_ms; }
+  void stop(const std::string& id, int64_t grace_ms) {
+    executor.stop(id, grace_ms);
+    if (stop_begun.insert(id).second) quick_until_ms = now_ms() + 1500;
+  }
 
-  void once() {
+  // One pass over the latest answer of GET /agent/v1/assignments (`body`: the poller's, maybe
+  // a little older than the server's state; the server's list wins at the next answer).
+  void once(const json& body) {
     executor.tick();
     execs.tick();
-    auto r = client.request("GET", "/agent/v1/assignments", "", auth);
-    if (r.status != 200) {
-      spdlog::warn("assignments: {}", error_message(r));
-      return;
-    }
-    json body = json::parse(r.body);
     std::map<std::string, json> assignments;
-    for (const auto& a : body["data"]) {
+    for (const auto& a : body["data"]) assignments[a["id"].get<std::string>()] = a;
+    std::erase_if(unstarted, [&](const std::string& id) { return !assignments.count(id); });
+    for (const auto& a : body["data"]) {  // in the server's order
       std::string id = a["id"];
-      assignments[id] = a;
       if (!log_sent.count(id)) log_sent[id] = a.value("log_total", int64_t(0));  // a restarted agent goes on
+      if (unstarted.count(id)) continue;
       ProcessState st = executor.state(id);
       if (a.value("desired", "run") == "hold") continue;  // placed, waiting for preempted work to leave
       if (a.value("desired", "run") == "stop") {
-        if (st.phase == ProcessState::kRunning) executor.stop(id, a.value("grace_ms", int64_t(30000)));
+        if (st.phase == ProcessState::kRunning) stop(id, a.value("grace_ms", int64_t(30000)));
         if (st.phase == ProcessState::kUnknown) report_unstarted(id, 128 + SIGTERM);  // stopped before it started
         continue;
       }
@@ -257,7 +275,7 @@ struct WorkloadSync {
       if (it == assignments.end()) {
         health.unwatch(id);
         if (st.phase == ProcessState::kRunning) {
-          executor.stop(id, 10000);
+          stop(id, 10000);
         } else {
           executor.forget(id);
           std::error_code ec;
@@ -265,6 +283,7 @@ struct WorkloadSync {
           reported.erase(id);
           log_sent.erase(id);
           seen_restarts.erase(id);
+          stop_begun.erase(id);
         }
         continue;
       }
@@ -343,7 +362,11 @@ struct WorkloadSync {
   void report_unstarted(const std::string& id, int exit_code) {
     json body = {{"phase", "exited"}, {"exit_code", exit_code}};
     auto r = client.request("POST", "/agent/v1/assignments/" + id + "/status", dump_json(body), auth);
-    if (r.status != 200) spdlog::warn("report {}: {}", id, error_message(r));
+    if (r.status == 200) {
+      unstarted.insert(id);
+    } else {
+      spdlog::warn("report {}: {}", id, error_message(r));
+    }
   }
 
   void report(const std::string& id, std::string phase, int exit_code, const ProcessState& st) {
@@ -418,6 +441,7 @@ struct WorkloadSync {
           continue;
         }
         spdlog::info("exec {} in {}", id, asg);
+        quick_until_ms = now_ms() + 2000;
         st = execs.state(id);
       }
       if (st.phase == ProcessState::kRunning && !instance_running) execs.stop(id, 2000);
@@ -465,6 +489,109 @@ struct WorkloadSync {
       spdlog::warn("report exec {}: {}", id, error_message(r));
     }
   }
+};
+
+// This node's assignments, kept current by a long-poll on a thread and connection of its own:
+//   GET /agent/v1/assignments?wait=25&after=VERSION
+// The server holds the request until something this agent acts on changes (a new assignment or
+// exec, a stop, a preemption), or for the wait, then answers with the whole list and its VERSION
+// to send next. Level-triggered: every answer is the full list, so a lost wake-up costs latency,
+// never correctness. An older server that ignores `wait` is polled every kSyncMs. The poller
+// thread owns its state and is never joined: a stopping agent does not wait for a held request.
+class AssignmentFeed {
+ public:
+  AssignmentFeed(const std::string& server, std::vector<std::pair<std::string, std::string>> auth)
+      : s_(std::make_shared<Shared>()) {
+    std::thread([s = s_, server, auth = std::move(auth)] {
+      try {
+        poll(*s, server, auth);
+      } catch (const std::exception& e) {  // not expected: the main loop's client has the same URL
+        std::lock_guard lk(s->mu);
+        s->error = std::string("assignments: ") + e.what();
+      }
+    }).detach();
+  }
+
+  // Waits up to ms (or until the agent stops) for an answer newer than the one numbered `seen`;
+  // true with it in body (and seen moved on).
+  bool wait_newer(uint64_t& seen, json& body, int64_t ms) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    std::unique_lock lk(s_->mu);
+    while (s_->n == seen && !g_stop) {
+      // In slices: SIGTERM sets g_stop from a signal handler, which cannot notify.
+      auto slice = std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
+      s_->cv.wait_until(lk, slice);
+      if (std::chrono::steady_clock::now() >= until) break;
+    }
+    if (s_->n == seen) return false;
+    seen = s_->n;
+    body = s_->body;
+    return true;
+  }
+  // What went wrong with the last poll ("" if it went well): the main thread logs it (the
+  // poller does not, as it may outlive the logger).
+  std::string error() {
+    std::lock_guard lk(s_->mu);
+    return s_->error;
+  }
+
+ private:
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    json body;
+    uint64_t n = 0;  // answers so far
+    std::string error;
+  };
+
+  static void poll(Shared& s, const std::string& server, const std::vector<std::pair<std::string, std::string>>& auth) {
+    // The read may last the whole wait: a timeout well beyond it.
+    http::Client client(server, std::chrono::seconds(kWaitSeconds + 30));
+    std::mt19937 rng(std::random_device{}());
+    std::string version;
+    int64_t backoff = 250;
+    auto set_error = [&s](std::string e) {
+      std::lock_guard lk(s.mu);
+      s.error = std::move(e);
+    };
+    while (!g_stop) {
+      std::string target = "/agent/v1/assignments";
+      if (!version.empty()) target += "?wait=" + std::to_string(kWaitSeconds) + "&after=" + version;
+      int64_t t0 = now_ms();
+      try {
+        auto r = client.request("GET", target, "", auth);
+        if (r.status == 200) {
+          json body = json::parse(r.body);
+          std::string next = body.value("version", "");
+          {
+            std::lock_guard lk(s.mu);
+            s.body = std::move(body);
+            ++s.n;
+            s.error.clear();
+          }
+          s.cv.notify_all();
+          // Answered at once with nothing new: the server did not hold it (an older server, or
+          // too many held): ask again after a pause rather than at once.
+          bool held = !next.empty() && (next != version || now_ms() - t0 >= kWaitSeconds * 1000 / 2);
+          version = next;
+          backoff = 250;
+          if (!held) sleep_interruptible(kSyncMs);
+          continue;
+        }
+        // 409: a newer request of this node superseded it; 503: the server is stopping; 401: the
+        // main loop's heartbeat tells the operator.
+        set_error("assignments: " + error_message(r));
+      } catch (const http::ConnectionError& e) {
+        set_error("");  // the main loop reports the server unreachable
+      } catch (const std::exception& e) {
+        set_error(std::string("assignments: ") + e.what());
+      }
+      sleep_interruptible(backoff + int64_t(rng() % uint64_t(backoff / 4 + 1)));
+      backoff = std::min<int64_t>(backoff * 2, 2000);
+    }
+  }
+
+  std::shared_ptr<Shared> s_;
 };
 
 }  // namespace
@@ -579,8 +706,16 @@ int agent_command(int argc, char** argv) {
     Executor execs((fs::path(work_dir) / "execs").string(), self_exe());
     HealthMonitor health;
     NodeFiles files{server, cred->node_key, work_dir, engine_dir_flag};
-    WorkloadSync sync{client, auth, executor, execs, health, run_as, files, {}, {}, {}, {}, {}};
+    WorkloadSync sync{client, auth, executor, execs, health, run_as, files, {}, {}, {}, {}, {}, 0, {}, {}};
     std::mt19937 rng(std::random_device{}());
+    // Any way out of here stops the poller (it then neither publishes nor retries).
+    struct StopPoller {
+      ~StopPoller() { g_stop = true; }
+    } stop_poller;
+    AssignmentFeed feed(server, auth);
+    uint64_t seen = 0;  // the feed's answers applied so far
+    json assignments;   // the latest of them
+    std::string feed_error;
     while (!g_stop) {
       try {
         if (now_ms() >= next_beat) {
@@ -601,9 +736,19 @@ int agent_command(int argc, char** argv) {
           }
           next_beat = now_ms() + interval;
         }
-        sync.once();
+        if (seen > 0) {
+          sync.once(assignments);
+        } else {  // no list yet: start nothing, stop nothing (re-adopted workloads keep running)
+          executor.tick();
+          execs.tick();
+        }
+        if (std::string e = feed.error(); e != feed_error) {
+          if (!e.empty()) spdlog::warn("{}", e);
+          feed_error = e;
+        }
         backoff = 250;
-        sleep_interruptible(std::min<int64_t>(interval, kSyncMs));
+        // Until the next local pass or heartbeat, or at once when the assignments change.
+        feed.wait_newer(seen, assignments, std::min<int64_t>(interval, sync.hurry() ? kQuickMs : kSyncMs));
       } catch (const http::ConnectionError& e) {
         // Backoff with jitter, but at least one try per heartbeat interval: a restarted server
         // gives each node one lease term (3 intervals) to check in before it counts it lost.

@@ -4,12 +4,18 @@
 // Placement is the scheduler controller's job (server/controller): a create only records the
 // spec as pending; the controller places it and the agents run it.
 #include <algorithm>
+#include <cstdio>
+#include <map>
 #include <regex>
+#include <tuple>
 
 #include "api/app.h"
 #include "capacity/leases.h"
+#include "http/stream.h"
+#include "scheduler/cluster.h"
 #include "util/error.h"
 #include "util/ids.h"
+#include "util/log.h"
 #include "util/time.h"
 #include "workloads/workloads.h"
 
@@ -447,6 +453,239 @@ void add_instance_routes(App& app) {
 
 }  // namespace
 
+// ---- the agents' long-poll (GET /agent/v1/assignments?wait=SECONDS&after=VERSION) ----
+//
+// The answer is always the node's whole list (level-triggered), with a `version` token:
+// "EPOCH.N.DIGEST" in hex, where EPOCH names this server process, N is the node's change
+// counter (NodeSignals, bumped after every committed write of its assignments or execs) read
+// before the list was, and DIGEST sums up what the agent acts on. With `after` set to the last
+// token it got and `wait` > 0, the server answers at once if what the agent acts on differs, and
+// otherwise holds the request (no thread held: an http::ResponseStream) until it does, or for
+// `wait` seconds, and then answers with the list anyway. One held request per node (a newer one
+// supersedes it: 409), at most NodeSignals' limit in all (beyond it: answered at once).
+namespace {
+
+constexpr int64_t kMaxWaitSeconds = 60;
+
+struct NodeWork {
+  json body;            // {"object": "list", "data": [...assignments], "execs": [...]}
+  uint64_t digest = 0;  // of what the agent acts on
+};
+
+// Each assignment carries log_total (the log bytes the server has), so that a restarted agent
+// ships on from there; execs carry output_total for the same reason.
+NodeWork node_work(Store& store, const std::string& node_id) {
+  return store.read([&](Tx& tx) {
+    // What the agent acts on: which assignments it has (listed, or exited: an exit is the agent's
+    // own news) and each one's desired state and grace (the rest of an assignment does not change
+    // once placed), and which execs are listed. What the agent reports itself (phase, health,
+    // restarts, port, log and output totals) is left out, so that its own reports do not wake its
+    // held request; it learns that an exited assignment is gone with the next answer. FNV-1a.
+    uint64_t h = 14695981039346656037ull;
+    auto mix = [&h](std::string_view s) {
+      for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+      h = (h ^ 0xff) * 1099511628211ull;  // a separator no UTF-8 text holds
+    };
+    ListQuery q;
+    q.kind = "assignment";
+    q.parent_id = node_id;
+    json data = json::array();
+    for (const auto& a : tx.all(q)) {
+      std::string phase = a.data.value("phase", "");
+      if (phase == "lost") continue;
+      mix(a.id);
+      mix(a.data.value("desired", "run"));
+      mix(std::to_string(a.data.value("grace_ms", int64_t(0))));
+      if (phase == "exited") continue;
+      json j = assignment_json(a);
+      auto log = tx.get("log", "log_" + a.id);
+      j["log_total"] = log ? log->data.value("total", int64_t(0)) : 0;
+      data.push_back(std::move(j));
+    }
+    ListQuery eq;
+    eq.kind = "exec";
+    eq.parent_id = node_id;  // pending and running execs only (finished ones move to the instance)
+    json execs = json::array();
+    mix("execs");
+    for (const auto& e : tx.all(eq)) {
+      mix(e.id);
+      execs.push_back({{"id", e.id}, {"assignment_id", e.data.value("assignment_id", "")},
+                       {"command", e.data.value("command", json::array())},
+                       {"timeout_seconds", e.data.value("timeout_seconds", 60)},
+                       {"status", e.data.value("status", "pending")},
+                       {"output_total", e.data.value("output_total", int64_t(0))}});
+    }
+    return NodeWork{json{{"object", "list"}, {"data", std::move(data)}, {"execs", std::move(execs)}}, h};
+  });
+}
+
+std::string poll_token(uint64_t epoch, uint64_t version, uint64_t digest) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%llx.%llx.%llx", static_cast<unsigned long long>(epoch),
+                static_cast<unsigned long long>(version), static_cast<unsigned long long>(digest));
+  return buf;
+}
+
+bool parse_poll_token(std::string_view s, uint64_t& epoch, uint64_t& version, uint64_t& digest) {
+  uint64_t* out[3] = {&epoch, &version, &digest};
+  for (int i = 0; i < 3; ++i) {
+    size_t end = i < 2 ? s.find('.') : s.size();
+    if (end == std::string_view::npos || end == 0 || end > 16) return false;
+    uint64_t v = 0;
+    for (char ch : s.substr(0, end)) {
+      int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+      if (d < 0) return false;
+      v = v << 4 | uint64_t(d);
+    }
+    *out[i] = v;
+    s.remove_prefix(i < 2 ? end + 1 : end);
+  }
+  return true;
+}
+
+http::Response json_reply(unsigned status, const json& body, const std::string& request_id) {
+  http::Response r;
+  r.status = status;
+  r.body = dump_json(body);
+  if (!request_id.empty()) r.headers.emplace_back("x-request-id", request_id);  // App adds it to direct answers
+  return r;
+}
+
+http::Response work_reply(NodeSignals& sig, uint64_t version, const NodeWork& w, const std::string& request_id) {
+  json body = w.body;
+  body["version"] = poll_token(sig.epoch(), version, w.digest);
+  return json_reply(200, body, request_id);
+}
+
+// One held request, from the handler to its answer.
+struct LongPoll : std::enable_shared_from_this<LongPoll> {
+  Store& store;
+  NodeSignals& sig;
+  std::string node, request_id;
+  uint64_t seq = 0, digest = 0;  // the digest the agent has
+  int64_t deadline_ms = 0;
+  std::shared_ptr<http::ResponseStream> out;
+
+  LongPoll(Store& st, NodeSignals& s) : store(st), sig(s) {}
+
+  // The node's current list, read after its version (so that a change committed during the
+  // read bumps past the version in the token and wakes the next poll).
+  void answer_now() {
+    uint64_t v = sig.version(node);
+    out->reply(work_reply(sig, v, node_work(store, node), request_id));
+  }
+  void answer_error(const ApiError& e, std::vector<std::pair<std::string, std::string>> headers = {}) {
+    http::Response r = json_reply(unsigned(e.status), e.to_json(), request_id);
+    for (auto& h : headers) r.headers.push_back(std::move(h));
+    out->reply(std::move(r));
+  }
+  static ApiError superseded() {
+    return conflict("A newer request for this node's assignments arrived; this one is answered without waiting.",
+                    "superseded");
+  }
+  static ApiError stopping() {
+    return ApiError(503, "server_error", "The server is shutting down; ask again.", "shutting_down");
+  }
+
+  // Holds from version `seen`; where the node changed meanwhile, looks (and maybe holds) again.
+  void hold(uint64_t seen) {
+    for (;;) {
+      auto self = shared_from_this();
+      auto h = sig.hold(node, seq, seen, deadline_ms, [self](NodeSignals::Why why) { self->fired(why); });
+      if (h == NodeSignals::Hold::kHeld) {
+        // The client left, or the server began to stop, while this was not held: its callbacks
+        // found nothing to take; take it here.
+        if ((out->cancelled() || out->stopped()) && sig.take(node, seq) && out->stopped()) {
+          answer_error(stopping(), {{"retry-after", "1"}});
+        }
+        return;
+      }
+      if (h == NodeSignals::Hold::kSuperseded) return answer_error(superseded());
+      if (h == NodeSignals::Hold::kFull) return answer_now();
+      uint64_t v = sig.version(node);  // kChanged: look again
+      NodeWork w = node_work(store, node);
+      if (w.digest != digest) return out->reply(work_reply(sig, v, w, request_id));
+      seen = v;
+    }
+  }
+
+  void fired(NodeSignals::Why why) {
+    try {
+      switch (why) {
+        case NodeSignals::Why::kSuperseded:
+          return answer_error(superseded());
+        case NodeSignals::Why::kTimeout:
+          return answer_now();
+        case NodeSignals::Why::kChanged: {
+          if (out->cancelled()) return;
+          uint64_t v = sig.version(node);
+          NodeWork w = node_work(store, node);
+          if (w.digest != digest) return out->reply(work_reply(sig, v, w, request_id));
+          return hold(v);  // nothing the agent acts on changed (e.g. its own report): hold on
+        }
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("request {}: the assignments long-poll failed: {}", request_id, e.what());
+      answer_error(internal_error("The server had an error while processing your request (request id " + request_id +
+                                  ")."));
+    }
+  }
+};
+
+http::Response agent_assignments(Context& c, NodeLeases& leases) {
+  const std::string& node = c.who().node_id;
+  leases.renew(node, now_ms());  // a poll is also a beat
+  NodeSignals& sig = leases.signals();
+  Store& store = c.app.store();
+  int64_t wait = 0;
+  if (c.target.has("wait")) {
+    auto s = c.target.get("wait");
+    if (s.empty() || s.size() > 3 || s.find_first_not_of("0123456789") != std::string_view::npos ||
+        std::stoll(std::string(s)) > kMaxWaitSeconds) {
+      throw invalid_field("wait", "'wait' must be a whole number of seconds from 0 to " +
+                                      std::to_string(kMaxWaitSeconds) + ".");
+    }
+    wait = std::stoll(std::string(s));
+  }
+  std::string_view after = c.target.get("after");
+  if (wait == 0 || after.empty()) {
+    uint64_t v = sig.version(node);
+    return work_reply(sig, v, node_work(store, node), "");
+  }
+  uint64_t seq = sig.arrive(node);  // supersedes this node's older held request
+  uint64_t epoch = 0, version = 0, digest = 0;
+  bool known = parse_poll_token(after, epoch, version, digest);
+  uint64_t v = sig.version(node);
+  if (!known || epoch != sig.epoch() || version != v) {
+    // Written since (or a token of another server process): look whether it matters to the agent.
+    NodeWork w = node_work(store, node);
+    if (!known || w.digest != digest) return work_reply(sig, v, w, "");
+  }
+  auto poll = std::make_shared<LongPoll>(store, sig);
+  poll->node = node;
+  poll->request_id = c.request_id;
+  poll->seq = seq;
+  poll->digest = digest;
+  poll->deadline_ms = NodeSignals::clock_ms() + wait * 1000;
+  poll->out = std::make_shared<http::ResponseStream>();
+  std::weak_ptr<http::ResponseStream> weak_out = poll->out;
+  poll->out->on_cancel([&sig, node, seq] { sig.take(node, seq); });  // the agent went away
+  poll->out->on_stop([&sig, node, seq, weak_out, rid = c.request_id] {
+    if (!sig.take(node, seq)) return;  // answered already, or hold() answers it
+    if (auto out = weak_out.lock()) {
+      http::Response r = json_reply(503, LongPoll::stopping().to_json(), rid);
+      r.headers.emplace_back("retry-after", "1");
+      out->reply(std::move(r));
+    }
+  });
+  poll->hold(v);
+  http::Response r;
+  r.stream = poll->out;
+  return r;
+}
+
+}  // namespace
+
 void add_compute_routes(App& app, NodeLeases& leases) {
   add_kind_routes(app, kInstances);
   add_kind_routes(app, kJobs);
@@ -465,68 +704,111 @@ void add_compute_routes(App& app, NodeLeases& leases) {
     });
   }
 
-  // What can be launched now: free GPUs by type and region, on ready nodes.
+  // What can be launched now, by GPU type, region and class, for the caller's organization: the
+  // scheduler's own figures (sched::Offer), from a Cluster built of the stored fleet, what runs
+  // on it and the approved reservations. on_demand: free GPUs less what is kept for
+  // reservations (any organization's: reserved work uses those); spot: free GPUs; reserved
+  // (only where the organization has an active reservation): its unused reserved GPUs.
   app.add({"GET", "/v1/compute/offers", Access::kProject, false, "", [&leases](Context& c) {
-             std::map<std::pair<std::string, std::string>, std::array<int64_t, 3>> by;  // total, free, nodes
+             int64_t now = now_ms();
+             sched::Cluster cluster;
+             ListQuery zq;
+             zq.kind = "zone";
+             for (const auto& z : c.tx->all(zq)) {
+               cluster.add_zone(z.parent_id, z.lookup, z.data.value("power_budget_kw", 0.0));
+             }
+             auto text = [](const json& j, const char* key) {
+               auto it = j.find(key);
+               return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+             };
              ListQuery q;
              q.kind = "node";
-             std::map<std::string, int> used;
+             for (const auto& n : c.tx->all(q)) {
+               sched::NodeSpec spec;
+               spec.gpu_type = text(n.data, "gpu_type");
+               if (spec.gpu_type.empty()) continue;
+               spec.id = n.id;
+               spec.region = n.parent_id;
+               spec.zone = text(n.data, "zone");
+               bool own_zone = spec.zone.empty();  // as the scheduler controller names it
+               if (own_zone) spec.zone = n.parent_id + "/default";
+               spec.gpu_count = int(n.data.value("gpus", json::array()).size());
+               bool ready = leases.alive(n.id, now) && n.data.value("admin_state", "schedulable") == "schedulable";
+               spec.state = ready ? sched::NodeState::kReady : sched::NodeState::kNotReady;
+               try {
+                 if (own_zone) cluster.add_zone(n.parent_id, spec.zone);
+                 cluster.add_node(spec);
+               } catch (const std::exception& e) {
+                 spdlog::warn("offers: node {}: {}", n.id, e.what());
+               }
+             }
              ListQuery aq;
              aq.kind = "assignment";
+             std::map<std::string, sched::Running> running;
              for (const auto& a : c.tx->all(aq)) {
-               if (a.data.value("phase", "") != "exited" && a.data.value("phase", "") != "lost") {
-                 used[a.parent_id] += int(a.data.value("gpus", json::array()).size());
+               std::string phase = a.data.value("phase", "");
+               auto gpus = a.data.value("gpus", std::vector<int>{});
+               if (phase == "exited" || phase == "lost" || gpus.empty() || !cluster.find_node(a.parent_id)) continue;
+               auto& r = running[a.data.value("workload_id", "")];
+               r.org = a.org_id;
+               r.on.push_back({a.parent_id, gpus});
+             }
+             for (auto& [id, r] : running) {
+               auto w = c.tx->get("workload", id);
+               std::string cls = w ? w->data["spec"].value("class", "on_demand") : "on_demand";
+               r.workload = id;
+               r.cls = cls == "reserved" ? sched::Class::kReserved : cls == "spot" ? sched::Class::kSpot : sched::Class::kOnDemand;
+               try {
+                 cluster.add_running(r);
+               } catch (const std::exception& e) {
+                 spdlog::warn("offers: workload {}: {}", id, e.what());
                }
              }
-             int64_t now = now_ms();
-             for (const auto& n : c.tx->all(q)) {
-               if (!n.data["gpu_type"].is_string()) continue;
-               if (!leases.alive(n.id, now) || n.data.value("admin_state", "schedulable") != "schedulable") continue;
-               auto& e = by[{n.data["gpu_type"], n.parent_id}];
-               int g = int(n.data["gpus"].size());
-               e[0] += g;
-               e[1] += std::max(0, g - used[n.id]);
-               e[2] += 1;
+             ListQuery rq;
+             rq.kind = "reservation";
+             std::vector<sched::Reservation> resvs;
+             for (const auto& r : c.tx->all(rq)) {
+               const json& d = r.data;
+               if (d.value("status", "") != "approved") continue;
+               resvs.push_back({r.id, r.org_id, d.value("gpu_type", ""), d.value("region", ""), d.value("gpus", 0),
+                                d.value("start_time", int64_t(0)), d.value("end_time", int64_t(0)), true});
              }
+             cluster.set_reservations(std::move(resvs));
+             std::vector<sched::Offer> offers = cluster.offers(now / 1000, c.who().org_id);
+             std::sort(offers.begin(), offers.end(), [](const sched::Offer& a, const sched::Offer& b) {
+               return std::tie(a.gpu_type, a.region) < std::tie(b.gpu_type, b.region);
+             });
              json data = json::array();
-             for (const auto& [key, v] : by) {
-               for (const char* cls : {"on_demand", "spot"}) {
-                 data.push_back({{"object", "compute.offer"}, {"gpu_type", key.first}, {"region", key.second},
-                                 {"class", cls}, {"gpus_total", v[0]}, {"gpus_available", v[1]}, {"nodes", v[2]}});
-               }
+             auto row = [&](const sched::Offer& o, const char* cls, int total, int available) {
+               data.push_back({{"object", "compute.offer"}, {"gpu_type", o.gpu_type}, {"region", o.region}, {"class", cls},
+                               {"gpus_total", total}, {"gpus_available", available}, {"nodes", o.nodes}});
+             };
+             for (const auto& o : offers) {
+               if (o.reserved_gpus > 0) row(o, "reserved", o.reserved_gpus, o.reserved_available());
+               row(o, "on_demand", o.total_gpus, o.on_demand_gpus());
+               row(o, "spot", o.total_gpus, o.free_gpus);
              }
              return json{{"object", "list"}, {"data", data}, {"has_more", false}};
            }});
 
-  // Agents: their assignments (what to run, what to stop) and the execs to run in them, and
-  // reports on both. Each assignment carries log_total (the log bytes the server has), so that a
-  // restarted agent ships on from there.
-  app.add({"GET", "/agent/v1/assignments", Access::kNode, false, "", [&leases](Context& c) {
-             leases.renew(c.who().node_id, now_ms());  // a poll is also a beat
-             ListQuery q;
-             q.kind = "assignment";
-             q.parent_id = c.who().node_id;
-             json data = json::array();
-             for (const auto& a : c.tx->all(q)) {
-               if (a.data.value("phase", "") == "exited" || a.data.value("phase", "") == "lost") continue;
-               json j = assignment_json(a);
-               auto log = c.tx->get("log", "log_" + a.id);
-               j["log_total"] = log ? log->data.value("total", int64_t(0)) : 0;
-               data.push_back(std::move(j));
-             }
-             ListQuery eq;
-             eq.kind = "exec";
-             eq.parent_id = c.who().node_id;  // pending and running execs only (finished ones move to the instance)
-             json execs = json::array();
-             for (const auto& e : c.tx->all(eq)) {
-               execs.push_back({{"id", e.id}, {"assignment_id", e.data.value("assignment_id", "")},
-                                {"command", e.data.value("command", json::array())},
-                                {"timeout_seconds", e.data.value("timeout_seconds", 60)},
-                                {"status", e.data.value("status", "pending")},
-                                {"output_total", e.data.value("output_total", int64_t(0))}});
-             }
-             return json{{"object", "list"}, {"data", data}, {"execs", execs}};
-           }});
+  // Agents: their assignments (what to run, what to stop) and the execs to run in them, as a
+  // long-poll (above), and reports on both. A commit that writes a node's assignments or execs
+  // (placements, stops, preemptions, lost nodes, new execs, the agents' own reports) bumps the
+  // node's version, which wakes its held request.
+  {
+    std::weak_ptr<NodeSignals> weak = leases.signals_weak();
+    app.store().watch_commits({"assignment", "exec"}, [weak](const std::vector<WrittenObject>& written) {
+      auto sig = weak.lock();
+      if (!sig) return;
+      for (const auto& w : written) {
+        // A finished exec is filed under its instance: no agent waits on that.
+        if (w.parent_id.empty() || (w.kind == "exec" && w.parent_id.rfind("inst_", 0) == 0)) continue;
+        sig->bump(w.parent_id);
+      }
+    });
+  }
+  app.add({"GET", "/agent/v1/assignments", Access::kNode, false, "", nullptr,
+           [&leases](Context& c) { return agent_assignments(c, leases); }});
   app.add({"POST", "/agent/v1/assignments/{id}/status", Access::kNode, false, "", [](Context& c) {
              BodyReader b(parse_json_body(c.req.body()));
              auto phase_in = b.opt_enum("phase", {"running", "exited", "lost"});

@@ -21,6 +21,7 @@ void add_system_routes(App& app) {
              text += "# HELP aicloud_auth_cache_misses_total Authentications that read the store (cache miss).\n"
                      "# TYPE aicloud_auth_cache_misses_total counter\naicloud_auth_cache_misses_total " +
                      std::to_string(c.app.auth().cache_misses()) + "\n";
+             text += c.app.metrics_text();
              c.raw_body = std::move(text);
              c.content_type = "text/plain; version=0.0.4";
              return json();

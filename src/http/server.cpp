@@ -104,6 +104,7 @@ class Session : public std::enable_shared_from_this<Session> {
     asio::post(stream_.get_executor(), [self = shared_from_this()] {
       beast::error_code ec;
       if (!self->busy_ && self->buffer_.size() == 0 && self->stream_.socket().available(ec) == 0) self->close();
+      if (self->out_) self->out_->stop();  // a response that only waits (a long-poll) answers now
     });
   }
 
@@ -252,6 +253,7 @@ class Session : public std::enable_shared_from_this<Session> {
         if (auto self = weak.lock()) self->pump();
       });
     });
+    if (srv_.stopping && out_) out_->stop();  // began after shutdown_if_idle() went round
   }
 
   // A client that closes its connection while it waits cancels the producer (the gateway

@@ -85,6 +85,23 @@ class ResponseStream {
     std::lock_guard lk(mu_);
     return cancelled_;
   }
+  // A response that only waits for an event (an agent's long-poll) should not hold up a
+  // graceful stop: when the server begins one before this response has begun, it calls stop(),
+  // which runs f (at most once; at once if it already happened). Runs on an io thread: keep it
+  // short (answer now). stopped() tells a producer that looks later.
+  void on_stop(std::function<void()> f) {
+    bool now = false;
+    {
+      std::lock_guard lk(mu_);
+      if (stopped_) now = true;
+      else on_stop_ = std::move(f);
+    }
+    if (now && f) f();
+  }
+  bool stopped() const {
+    std::lock_guard lk(mu_);
+    return stopped_;
+  }
 
   // ---- consumer side (the session) ----
   struct Pulled {
@@ -115,6 +132,16 @@ class ResponseStream {
     p.end = ended_;
     return p;
   }
+  void stop() {
+    std::function<void()> f;
+    {
+      std::lock_guard lk(mu_);
+      if (stopped_ || head_ || cancelled_) return;
+      stopped_ = true;
+      f = std::move(on_stop_);
+    }
+    if (f) f();
+  }
   void cancel() {
     std::function<void()> f;
     {
@@ -134,9 +161,11 @@ class ResponseStream {
   bool streaming_ = false;
   bool ended_ = false;
   bool cancelled_ = false;
+  bool stopped_ = false;
   std::deque<std::string> queued_;
   std::function<void()> notify_;
   std::function<void()> on_cancel_;
+  std::function<void()> on_stop_;
 };
 
 }  // namespace aicloud::http

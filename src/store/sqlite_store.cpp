@@ -230,6 +230,7 @@ class SqliteTx final : public Tx {
     st.bind(o.created_at).bind(o.version).bind(o.data.dump());
     st.step();
     o.seq = sqlite3_last_insert_rowid(conn_->db());
+    note_written(o);
   }
   void update(Object& o) override {
     require_write();
@@ -242,6 +243,7 @@ class SqliteTx final : public Tx {
     st.step();
     if (sqlite3_changes(conn_->db()) != 1) throw StoreConflict("object " + o.id + " changed concurrently");
     ++o.version;
+    note_written(o);
   }
   bool remove(std::string_view kind, std::string_view id) override {
     require_write();
@@ -363,11 +365,13 @@ class SqliteTx final : public Tx {
   void require_write() {
     if (!write_) throw std::logic_error("write in a read-only transaction");
   }
+  void note_written(const Object& o);  // for Store::watch_commits
   SqliteStore& store_;
   std::unique_ptr<Conn> conn_;
   bool write_;
   bool done_ = false;
   std::unique_lock<std::mutex> writer_lock_;
+  std::vector<WrittenObject> written_;  // watched objects this transaction wrote
 };
 
 class SqliteStore final : public Store {
@@ -449,10 +453,17 @@ SqliteTx::~SqliteTx() {
   store_.release(std::move(conn_));
 }
 
+void SqliteTx::note_written(const Object& o) {
+  if (store_.watched(o.kind)) written_.push_back({o.kind, o.id, o.parent_id});
+}
+
 void SqliteTx::commit() {
   conn_->exec_cached("COMMIT");
   done_ = true;
-  if (write_) store_.bump_generation();
+  if (write_) {
+    store_.bump_generation();
+    store_.committed(written_);
+  }
 }
 
 }  // namespace

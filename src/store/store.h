@@ -140,6 +140,11 @@ struct StoreConflict : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An object that a committed write transaction inserted or updated (see Store::watch_commits).
+struct WrittenObject {
+  std::string kind, id, parent_id;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -148,6 +153,27 @@ class Store {
   // A monotonically increasing number bumped by every committed write in this process; caches
   // compare it to know whether what they hold may be stale.
   virtual uint64_t write_generation() const = 0;
+
+  // A hook for in-memory watchers (the agents' long-polls, api/compute_routes.cpp): after each
+  // committed write transaction that inserted or updated objects of one of `kinds`, f gets them,
+  // on the committing thread, which still holds the writer lock: f must be quick and must not
+  // use the store. Set before serving (not synchronised with running transactions); a later
+  // call replaces the hook. Removals are not reported.
+  void watch_commits(std::vector<std::string> kinds, std::function<void(const std::vector<WrittenObject>&)> f) {
+    watched_kinds_ = std::move(kinds);
+    on_commit_ = std::move(f);
+  }
+  // For implementations: whether writes of this kind are reported, and the report.
+  bool watched(std::string_view kind) const {
+    for (const auto& k : watched_kinds_) if (k == kind) return true;
+    return false;
+  }
+  void committed(const std::vector<WrittenObject>& written) const noexcept {
+    try {
+      if (on_commit_ && !written.empty()) on_commit_(written);
+    } catch (...) {  // the transaction has committed: a watcher's failure must not undo that
+    }
+  }
 
   template <class F>
   auto read(F&& f) {
@@ -166,6 +192,10 @@ class Store {
       return r;
     }
   }
+
+ private:
+  std::vector<std::string> watched_kinds_;
+  std::function<void(const std::vector<WrittenObject>&)> on_commit_;
 };
 
 struct StoreOptions {

@@ -1,5 +1,6 @@
 #include "workloads/controller.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -181,6 +182,11 @@ void SchedulerController::round() {
       r.project = a.project_id;
       auto gpus = a.data.value("gpus", std::vector<int>{});
       if (!gpus.empty()) r.on.push_back({a.parent_id, gpus});
+      // A service's host port (its spec's, or the one its node chose and reported): no other
+      // service with that fixed port may be placed on the node while it runs.
+      auto pit = a.data.find("port");
+      int port = pit != a.data.end() && pit->is_number_integer() ? pit->get<int>() : 0;
+      if (port != 0 && std::find(r.ports.begin(), r.ports.end(), port) == r.ports.end()) r.ports.push_back(port);
     }
     ListQuery wq;
     wq.kind = "workload";
@@ -212,6 +218,10 @@ void SchedulerController::round() {
       s.gpu_type = spec["gpu_type"].is_string() ? spec["gpu_type"].get<std::string>() : "";
       s.region = spec.value("region", "");
       s.zone = spec["zone"].is_string() ? spec["zone"].get<std::string>() : "";
+      auto pit = spec.find("port");
+      if (w.data.value("type", "") == "service" && pit != spec.end() && pit->is_number_integer() && pit->get<int>() != 0) {
+        s.ports = {pit->get<int>()};
+      }
       pending.push_back(std::move(s));
     }
     // Policy: approved reservations (the scheduler keeps to those active at `now`) and quotas.
