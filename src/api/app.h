@@ -50,6 +50,13 @@ class App : public http::Handler {
   http::Metrics& metrics() { return *metrics_; }
   void set_connection_gauge(std::function<int64_t()> f) { open_connections_ = std::move(f); }
   int64_t open_connections() const { return open_connections_ ? open_connections_() : 0; }
+  // More Prometheus text for /metrics, from parts the App does not know (the meter).
+  void add_metrics_text(std::function<std::string()> f) { metrics_text_.push_back(std::move(f)); }
+  std::string metrics_text() const {
+    std::string out;
+    for (const auto& f : metrics_text_) out += f();
+    return out;
+  }
 
  private:
   http::Response run(Context& c, const RouteSpec& spec);
@@ -62,6 +69,7 @@ class App : public http::Handler {
   std::vector<RouteSpec> routes_;
   std::unique_ptr<http::Metrics> metrics_;
   std::function<int64_t()> open_connections_;
+  std::vector<std::function<std::string()>> metrics_text_;
 };
 
 // Route modules.

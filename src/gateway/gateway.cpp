@@ -71,6 +71,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   std::shared_ptr<http::UpstreamCall> call;
   uint64_t waiter = 0;
   std::unique_ptr<asio::steady_timer> wake_timer;
+  std::optional<std::chrono::steady_clock::time_point> wake_deadline;  // set by the first wait
   bool waiting = false, cancelled = false, done = false;
 
   // The upstream's response: touched only by the upstream callbacks, which run one at a time.
@@ -132,7 +133,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   void wait_for_replica(std::unique_lock<std::mutex>& lk) {
     waiting = true;
     std::weak_ptr<Exchange> weak = shared_from_this();
-    waiter = gw.dir_.wait_ready(model, [weak, &io = gw.io_] {
+    waiter = gw.dir_.wait_ready(model, org, [weak, &io = gw.io_] {
       asio::post(io, [weak] {
         auto self = weak.lock();
         if (!self) return;
@@ -145,7 +146,9 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
         self->attempt();
       });
     });
-    wake_timer = std::make_unique<asio::steady_timer>(gw.io_, gw.opts_.wake_timeout);
+    // One limit for the whole request, however often it goes back to waiting.
+    if (!wake_deadline) wake_deadline = std::chrono::steady_clock::now() + gw.opts_.wake_timeout;
+    wake_timer = std::make_unique<asio::steady_timer>(gw.io_, *wake_deadline);
     auto self = shared_from_this();
     wake_timer->async_wait([self](const boost::system::error_code& ec) {
       if (ec) return;
@@ -412,8 +415,10 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
     auto so = body.find("stream_options");
     ex->client_wants_usage = so != body.end() && so->is_object() && so->value("include_usage", false);
     body["stream_options"]["include_usage"] = true;  // the gateway meters every stream
+    ex->body = dump_json(body);
+  } else {
+    ex->body = std::string(c.req.body());  // unchanged: forwarded as the client sent it
   }
-  ex->body = dump_json(body);
   ex->rec.org_id = who.org_id;
   ex->rec.project_id = who.project_id;
   ex->rec.api_key_id = who.actor_id;

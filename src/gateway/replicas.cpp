@@ -19,7 +19,7 @@ void ReplicaDirectory::set(Deployment d) {
     }
     if (!d.replicas.empty()) {
       for (auto it = waiters_.begin(); it != waiters_.end();) {
-        if (it->second.model == d.model) {
+        if (usable(d, it->second.model, it->second.org)) {
           ready.push_back(std::move(it->second.f));
           it = waiters_.erase(it);
         } else {
@@ -65,6 +65,10 @@ std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::
   }
   if (!best) return std::nullopt;
   best->outstanding->fetch_add(1);
+  int total = 0;
+  for (const auto& r : best_dep->replicas) total += r.outstanding->load();
+  int& peak = peak_[best_dep->id];
+  peak = std::max(peak, total);
   return Pick{best_dep->id, *best};
 }
 
@@ -88,10 +92,10 @@ void ReplicaDirectory::wake(const std::string& model, const std::string& org) co
   }
 }
 
-uint64_t ReplicaDirectory::wait_ready(const std::string& model, std::function<void()> f) {
+uint64_t ReplicaDirectory::wait_ready(const std::string& model, const std::string& org, std::function<void()> f) {
   std::lock_guard lk(mu_);
   uint64_t id = next_waiter_++;
-  waiters_[id] = {model, std::move(f)};
+  waiters_[id] = {model, org, std::move(f)};
   return id;
 }
 
@@ -100,14 +104,21 @@ void ReplicaDirectory::cancel_waiter(uint64_t id) {
   waiters_.erase(id);
 }
 
-std::map<std::string, int> ReplicaDirectory::outstanding_by_deployment() const {
+std::map<std::string, int> ReplicaDirectory::outstanding_by_deployment() {
   std::lock_guard lk(mu_);
   std::map<std::string, int> out;
   for (const auto& [id, d] : deployments_) {
     int n = 0;
     for (const auto& r : d.replicas) n += r.outstanding->load();
+    auto p = peak_.find(id);
+    if (p != peak_.end()) {
+      n = std::max(n, p->second);
+      peak_.erase(p);
+    }
+    for (const auto& [wid, w] : waiters_) n += usable(d, w.model, w.org);
     out[id] = n;
   }
+  peak_.clear();  // (peaks of deployments removed meanwhile)
   return out;
 }
 

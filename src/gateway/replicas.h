@@ -58,13 +58,16 @@ class ReplicaDirectory {
   // Scale from zero: asks the controller to wake the deployments of `model` for `org`.
   void on_wake(std::function<void(const std::string& deployment_id)> f);
   void wake(const std::string& model, const std::string& org) const;
-  // Calls f (from the thread that calls set()) the next time a deployment of `model` gets a ready
-  // replica; returns a handle for cancel_waiter().
-  uint64_t wait_ready(const std::string& model, std::function<void()> f);
+  // Calls f (from the thread that calls set()) the next time a deployment of `model` usable by
+  // `org` has a ready replica; returns a handle for cancel_waiter(). (Another organization's
+  // deployment of the same model name does not count: it would wake the waiter for nothing.)
+  uint64_t wait_ready(const std::string& model, const std::string& org, std::function<void()> f);
   void cancel_waiter(uint64_t id);
 
-  // Outstanding requests per deployment (the autoscaler's signal).
-  std::map<std::string, int> outstanding_by_deployment() const;
+  // Demand per deployment, the autoscaler's and the idle timer's signal: the most requests in
+  // flight at once since the last call (so that requests shorter than the controller's round are
+  // not missed between two looks), plus the requests waiting for it to wake. Resets the peaks.
+  std::map<std::string, int> outstanding_by_deployment();
 
  private:
   static bool usable(const Deployment& d, const std::string& model, const std::string& org) {
@@ -72,9 +75,10 @@ class ReplicaDirectory {
   }
   mutable std::mutex mu_;
   std::map<std::string, Deployment> deployments_;
+  mutable std::map<std::string, int> peak_;  // deployment -> most in flight since the last look
   std::function<void(const std::string&)> wake_;
   struct Waiter {
-    std::string model;
+    std::string model, org;
     std::function<void()> f;
   };
   std::map<uint64_t, Waiter> waiters_;

@@ -1,5 +1,6 @@
 #include "metering/meter.h"
 
+#include <chrono>
 #include <vector>
 
 #include "util/log.h"
@@ -38,12 +39,14 @@ void Meter::run() {
       queue_.clear();
     }
     bool ok = true;
+    auto t0 = std::chrono::steady_clock::now();
     try {
       store_.write([&](Tx& tx) {
         for (auto& it : batch) tx.usage_append(it.r);
       });
       committed_ += int64_t(batch.size());
       ++commits_;
+      commit_us_ += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
     } catch (const std::exception& e) {
       ok = false;
       spdlog::error("metering: could not commit {} usage records: {}", batch.size(), e.what());
@@ -53,6 +56,18 @@ void Meter::run() {
     }
     batch.clear();
   }
+}
+
+std::string Meter::prometheus() const {
+  return "# HELP aicloud_usage_records_committed_total Usage records made durable.\n"
+         "# TYPE aicloud_usage_records_committed_total counter\naicloud_usage_records_committed_total " +
+         std::to_string(records_committed()) +
+         "\n# HELP aicloud_usage_commits_total Group commits of usage records (one fsync each under --sync full).\n"
+         "# TYPE aicloud_usage_commits_total counter\naicloud_usage_commits_total " +
+         std::to_string(commits()) +
+         "\n# HELP aicloud_usage_commit_seconds_total Time spent in group commits of usage records.\n"
+         "# TYPE aicloud_usage_commit_seconds_total counter\naicloud_usage_commit_seconds_total " +
+         std::to_string(double(commit_micros()) / 1e6) + "\n";
 }
 
 }  // namespace aicloud

@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "store/store.h"
@@ -28,9 +29,12 @@ class Meter {
   // commit failed, with durable=false after the error was logged).
   void record(UsageRecord r, std::function<void(bool durable)> on_durable = nullptr);
 
-  // Counters for /metrics and the benchmark.
+  // Counters for /metrics and the benchmark: records per commit is the group size; each commit
+  // is one fsync under --sync full.
   int64_t records_committed() const { return committed_.load(); }
   int64_t commits() const { return commits_.load(); }
+  int64_t commit_micros() const { return commit_us_.load(); }  // time spent committing, in total
+  std::string prometheus() const;  // the counters above in Prometheus text format
 
  private:
   void run();
@@ -44,7 +48,7 @@ class Meter {
   };
   std::deque<Item> queue_;
   bool stopping_ = false;
-  std::atomic<int64_t> committed_{0}, commits_{0};
+  std::atomic<int64_t> committed_{0}, commits_{0}, commit_us_{0};
   std::thread thread_;
 };
 

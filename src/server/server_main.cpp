@@ -94,6 +94,7 @@ int server_command(int argc, char** argv) {
   int64_t heartbeat_ms = 5000;
   int64_t preemption_notice_ms = 30000;
   int64_t header_timeout_ms = 10'000, idle_timeout_ms = 60'000;
+  int64_t wake_timeout_ms = 60'000;
   cli.add_option("--listen", listen, "address:port to serve on (port 0 picks a free one)")->capture_default_str();
   auto* dd = cli.add_option("--data-dir", data_dir, "where the database and the operator key live");
   if (up) dd->capture_default_str(); else dd->required();
@@ -117,6 +118,10 @@ int server_command(int argc, char** argv) {
       ->capture_default_str();
   cli.add_option("--idle-timeout-ms", idle_timeout_ms, "a keep-alive connection with no request is closed after this long")
       ->check(CLI::Range(int64_t(10), int64_t(3'600'000)))
+      ->capture_default_str();
+  cli.add_option("--wake-timeout-ms", wake_timeout_ms,
+                 "how long a request for a model scaled to zero waits for a replica (then 503 with retry-after)")
+      ->check(CLI::Range(int64_t(100), int64_t(3'600'000)))
       ->capture_default_str();
   try {
     cli.parse(argc, argv);
@@ -167,7 +172,9 @@ int server_command(int argc, char** argv) {
     Meter meter(*store);
     gateway::ReplicaDirectory replicas;
     http::Server server(so, app);
-    gateway::Gateway gw(server.io(), meter, replicas);
+    gateway::GatewayOptions go;
+    go.wake_timeout = std::chrono::milliseconds(wake_timeout_ms);
+    gateway::Gateway gw(server.io(), meter, replicas, go);
     gw.add_routes(app);
     add_deployment_routes(app);
     gateway::add_endpoint_routes(app);
@@ -176,6 +183,7 @@ int server_command(int argc, char** argv) {
     app.finalize();
 
     app.set_connection_gauge([&server] { return server.open_connections(); });
+    app.add_metrics_text([&meter] { return meter.prometheus(); });
     std::string url = "http://" + (so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host) + ":" +
                       std::to_string(server.port());
     {

@@ -8,6 +8,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -33,8 +35,10 @@ pid_t spawn(std::vector<std::string> args, const std::string& log) {
 
 }  // namespace
 
-ModelCloud::ModelCloud() {
-  srv = std::make_unique<ServerProcess>(std::vector<std::string>{"--heartbeat-interval-ms", "500"});
+ModelCloud::ModelCloud(ModelCloudOptions opts) {
+  std::vector<std::string> args = {"--heartbeat-interval-ms", "500"};
+  args.insert(args.end(), opts.server_args.begin(), opts.server_args.end());
+  srv = std::make_unique<ServerProcess>(args);
   c = srv->client();
   Api op{*c, srv->admin_key(), ""};
   op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
@@ -75,6 +79,26 @@ ModelCloud::~ModelCloud() {
 
 http::ClientResponse ModelCloud::post(const std::string& key, const std::string& path, const json& body) {
   return c->request("POST", path, body.dump(), {{"Authorization", "Bearer " + key}, {"Content-Type", "application/json"}});
+}
+
+std::map<pid_t, int> ModelCloud::engine_processes() const {
+  std::map<pid_t, int> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream f(e.path() / "cmdline", std::ios::binary);
+    std::vector<std::string> argv;
+    for (std::string a; std::getline(f, a, '\0');) argv.push_back(a);
+    if (argv.empty() || argv[0].rfind(work.path() + "/", 0) != 0) continue;
+    if (std::filesystem::path(argv[0]).filename() != "llama-server") continue;
+    int port = -1;
+    for (size_t i = 0; i + 1 < argv.size(); ++i) {
+      if (argv[i] == "--port") port = std::atoi(argv[i + 1].c_str());
+    }
+    out[pid_t(std::stol(name))] = port;
+  }
+  return out;
 }
 
 json ModelCloud::chat(const std::string& text, int max_tokens) {

@@ -5,22 +5,33 @@
 #pragma once
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "support/server_process.h"
 
 namespace aicloud::test {
 
+// What a test may change in the cloud it gets.
+struct ModelCloudOptions {
+  std::vector<std::string> server_args;  // appended to the server's command line
+};
+
 struct ModelCloud {
   // Throws std::runtime_error (with the state it saw) if the deployment is not ready in 60 s.
-  ModelCloud();
+  ModelCloud() : ModelCloud(ModelCloudOptions{}) {}
+  explicit ModelCloud(ModelCloudOptions opts);
   ~ModelCloud();
   ModelCloud(const ModelCloud&) = delete;
   ModelCloud& operator=(const ModelCloud&) = delete;
 
   http::ClientResponse post(const std::string& key, const std::string& path, const json& body);
   static json chat(const std::string& text, int max_tokens = 8);  // a chat request to tiny-llama
+
+  // The llama-server processes running under this cloud's work dir: pid -> the port it listens on.
+  std::map<pid_t, int> engine_processes() const;
 
   TempDir work;  // the agent's work dir and the model file; processes left under it end with it
   std::unique_ptr<ServerProcess> srv;
