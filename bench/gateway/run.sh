@@ -218,9 +218,16 @@ if has_case tokens; then
   endpoint tiny "$P_ENGINE"
   body "$TMP/tiny.json" tiny false "$MAX_TOKENS"
   wait_served "$TMP/tiny.json"
+  # Alternating which goes first (ABBA...), so that a machine that slows down or speeds up over
+  # the runs does not favour either side.
   for r in $(seq "$RUNS"); do
-    run tokens whole direct "http://127.0.0.1:$P_ENGINE/v1/chat/completions" "$TMP/tiny.json"
-    run tokens whole gateway "$URL/v1/chat/completions" "$TMP/tiny.json" "$PKEY"
+    if [ $((r % 2)) = 1 ]; then
+      run tokens whole direct "http://127.0.0.1:$P_ENGINE/v1/chat/completions" "$TMP/tiny.json"
+      run tokens whole gateway "$URL/v1/chat/completions" "$TMP/tiny.json" "$PKEY"
+    else
+      run tokens whole gateway "$URL/v1/chat/completions" "$TMP/tiny.json" "$PKEY"
+      run tokens whole direct "http://127.0.0.1:$P_ENGINE/v1/chat/completions" "$TMP/tiny.json"
+    fi
   done
 fi
 

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "gateway/endpoints.h"
+#include "http/server.h"
 #include "http/stream.h"
 #include "models/registry.h"
 #include "util/error.h"
@@ -55,6 +56,7 @@ bool is_json_type(std::string_view v) {
 // wake wait, meter); it goes away when the last of them has run.
 struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   Gateway& gw;
+  Lane& lane;  // the io thread (and its upstream pool) this request runs on
   std::shared_ptr<http::ResponseStream> out = std::make_shared<http::ResponseStream>();
   std::string endpoint, path, model, org, request_id;
   std::string body;  // sent upstream
@@ -83,7 +85,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   std::string held;     // "data: [DONE]", held back until the usage record is durable
   bool head_sent = false;
 
-  explicit Exchange(Gateway& g) : gw(g) {}
+  Exchange(Gateway& g, Lane& l) : gw(g), lane(l) {}
 
   void start() {
     std::weak_ptr<Exchange> weak = shared_from_this();
@@ -123,7 +125,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     cb.on_done = [self](const std::string& err, bool got) { self->on_done(err, got); };
     Replica r = pick->replica;
     lk.unlock();
-    auto c = gw.pool_->send(r.host, r.port, std::move(req), std::move(cb), gw.opts_.upstream);
+    auto c = lane.pool->send(r.host, r.port, std::move(req), std::move(cb), gw.opts_.upstream);
     lk.lock();
     call = c;
     if (cancelled) c->cancel();
@@ -133,7 +135,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   void wait_for_replica(std::unique_lock<std::mutex>& lk) {
     waiting = true;
     std::weak_ptr<Exchange> weak = shared_from_this();
-    waiter = gw.dir_.wait_ready(model, org, [weak, &io = gw.io_] {
+    waiter = gw.dir_.wait_ready(model, org, [weak, &io = *lane.io] {
       asio::post(io, [weak] {
         auto self = weak.lock();
         if (!self) return;
@@ -148,7 +150,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     });
     // One limit for the whole request, however often it goes back to waiting.
     if (!wake_deadline) wake_deadline = std::chrono::steady_clock::now() + gw.opts_.wake_timeout;
-    wake_timer = std::make_unique<asio::steady_timer>(gw.io_, *wake_deadline);
+    wake_timer = std::make_unique<asio::steady_timer>(*lane.io, *wake_deadline);
     auto self = shared_from_this();
     wake_timer->async_wait([self](const boost::system::error_code& ec) {
       if (ec) return;
@@ -174,7 +176,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       gw.dir_.cancel_waiter(waiter);
       wake_timer->cancel();
       lk.unlock();
-      asio::post(gw.io_, [self] { self->attempt(); });
+      asio::post(*lane.io, [self] { self->attempt(); });
     }
   }
 
@@ -325,8 +327,19 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   }
 };
 
-Gateway::Gateway(asio::io_context& io, Meter& meter, ReplicaDirectory& dir, GatewayOptions opts)
-    : io_(io), meter_(meter), dir_(dir), opts_(opts), pool_(std::make_unique<http::UpstreamPool>(io)) {}
+Gateway::Gateway(std::vector<asio::io_context*> ios, Meter& meter, ReplicaDirectory& dir, GatewayOptions opts)
+    : meter_(meter), dir_(dir), opts_(opts) {
+  if (ios.empty()) throw std::invalid_argument("Gateway: no io_context");
+  for (auto* io : ios) lanes_.push_back(Lane{io, std::make_unique<http::UpstreamPool>(*io)});
+}
+
+Gateway::Lane& Gateway::this_lane() {
+  asio::io_context* cur = http::Server::current_io();
+  for (auto& l : lanes_) {
+    if (l.io == cur) return l;
+  }
+  return lanes_.front();
+}
 
 Gateway::~Gateway() = default;
 
@@ -402,7 +415,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
     reserved = d.reserved_tokens;
   }
 
-  auto ex = std::make_shared<Exchange>(*this);
+  auto ex = std::make_shared<Exchange>(*this, this_lane());
   ex->rl_headers = std::move(rl_headers);
   ex->rl_reserved = reserved;
   ex->endpoint = ep;

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "api/app.h"
 #include "gateway/ratelimit.h"
@@ -35,7 +36,10 @@ struct GatewayOptions {
 
 class Gateway {
  public:
-  Gateway(boost::asio::io_context& io, Meter& meter, ReplicaDirectory& dir, GatewayOptions opts = {});
+  // ios: the server's io_contexts (http::Server::io_contexts()). A request's upstream call, its
+  // timers and its callbacks run on the io_context of the thread that received it, with that
+  // thread's own connection pool: no other thread is woken to proxy it.
+  Gateway(std::vector<boost::asio::io_context*> ios, Meter& meter, ReplicaDirectory& dir, GatewayOptions opts = {});
   ~Gateway();
   void add_routes(App& app);
 
@@ -44,11 +48,16 @@ class Gateway {
  private:
   http::Response handle(Context& c, const char* endpoint, const char* path);
 
-  boost::asio::io_context& io_;
+  struct Lane {  // one per io thread
+    boost::asio::io_context* io;
+    std::unique_ptr<http::UpstreamPool> pool;
+  };
+  Lane& this_lane();  // the calling thread's, else the first
+
+  std::vector<Lane> lanes_;
   Meter& meter_;
   ReplicaDirectory& dir_;
   GatewayOptions opts_;
-  std::unique_ptr<http::UpstreamPool> pool_;
   std::unique_ptr<RateLimiter> limiter_;  // made by add_routes from the App's store
 };
 

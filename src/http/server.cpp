@@ -467,14 +467,33 @@ Server::~Server() = default;
 
 asio::io_context& Server::io() { return impl_->ioc; }
 
+std::vector<asio::io_context*> Server::io_contexts() {
+  std::vector<asio::io_context*> v;
+  for (auto& c : impl_->contexts) v.push_back(c.get());
+  return v;
+}
+
+namespace {
+thread_local asio::io_context* tl_current_io = nullptr;
+}  // namespace
+
+asio::io_context* Server::current_io() { return tl_current_io; }
+
 void Server::run() {
   impl_->signals.async_wait([this](beast::error_code ec, int) {
     if (!ec) impl_->begin_stop();
   });
   impl_->accept();
   std::vector<std::thread> threads;
-  for (size_t i = 1; i < impl_->contexts.size(); ++i) threads.emplace_back([this, i] { impl_->contexts[i]->run(); });
+  for (size_t i = 1; i < impl_->contexts.size(); ++i) {
+    threads.emplace_back([this, i] {
+      tl_current_io = impl_->contexts[i].get();
+      impl_->contexts[i]->run();
+    });
+  }
+  tl_current_io = &impl_->ioc;
   impl_->ioc.run();
+  tl_current_io = nullptr;
   for (auto& t : threads) t.join();
 }
 

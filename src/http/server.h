@@ -10,6 +10,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "http/types.h"
 
@@ -48,6 +49,11 @@ class Server {
 
   uint16_t port() const { return port_; }
   boost::asio::io_context& io();
+  // Every io_context, one per thread ([0] is io()), so that a part can keep per-thread state
+  // (the gateway's upstream connection pools) and work where the request arrived.
+  std::vector<boost::asio::io_context*> io_contexts();
+  // The io_context the calling thread runs for a Server, or nullptr off the io threads.
+  static boost::asio::io_context* current_io();
   // Serves until stop() or SIGTERM/SIGINT; returns when drained.
   void run();
   // Thread-safe; begins a graceful stop.

@@ -174,7 +174,7 @@ int server_command(int argc, char** argv) {
     http::Server server(so, app);
     gateway::GatewayOptions go;
     go.wake_timeout = std::chrono::milliseconds(wake_timeout_ms);
-    gateway::Gateway gw(server.io(), meter, replicas, go);
+    gateway::Gateway gw(server.io_contexts(), meter, replicas, go);
     gw.add_routes(app);
     add_deployment_routes(app);
     gateway::add_endpoint_routes(app);
