@@ -520,3 +520,21 @@ TEST(Metrics, RenderCountersAndHistograms) {
   EXPECT_EQ(e.find("_bucket{"), std::string::npos);
   EXPECT_NE(e.find("aicloud_http_open_connections 0\n"), std::string::npos);
 }
+
+TEST(Json, TopLevelMemberFindsOnlyTopLevelKeys) {
+  std::string doc =
+      R"({"id":"c1","choices":[{"message":{"content":"the \"usage\": {} trap","usage":{"x":1}}}],)"
+      R"( "usage" : {"prompt_tokens":9,"completion_tokens":3,"nested":[1,{"a":"}"}]}, "n": 12 })";
+  auto u = top_level_member(doc, "usage");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(json::parse(*u)["prompt_tokens"], 9);
+  EXPECT_EQ(json::parse(*u)["nested"][1]["a"], "}");
+  EXPECT_EQ(top_level_member(doc, "n"), std::optional<std::string_view>("12"));
+  EXPECT_EQ(top_level_member(doc, "id"), std::optional<std::string_view>("\"c1\""));
+  EXPECT_FALSE(top_level_member(doc, "content"));
+  EXPECT_FALSE(top_level_member(doc, "x"));
+  EXPECT_FALSE(top_level_member("[1,2]", "usage"));
+  EXPECT_FALSE(top_level_member(R"({"usage":{"a":1)", "usage"));  // cut short
+  EXPECT_FALSE(top_level_member(R"({"a":"\)", "usage"));
+  EXPECT_FALSE(top_level_member("", "usage"));
+}

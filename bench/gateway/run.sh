@@ -27,6 +27,7 @@
 #                                 OS, which survives kill -9 but not a power cut)
 #   CASES="whole stream tokens"   whole and stream: the overhead cases; tokens: llama-server
 #   SLOTS=4 MAX_TOKENS=64 TOKEN_SECONDS=20
+#   HOLD=1                        set up, print how to drive the gateway by hand, wait (profiling)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -162,6 +163,14 @@ wait_served() {  # wait_served BODY_FILE: until the gateway serves the endpoint 
 }
 wait_served "$TMP/whole.json"
 wait_served "$TMP/stream.json"
+if [ -n "${HOLD:-}" ]; then  # for profiling: keep everything up and say how to drive it
+  cat <<EOT
+bench: holding (Ctrl-C ends). Drive the gateway with:
+  $LOADGEN --url $URL/v1/chat/completions --body-file $TMP/whole.json --key $PKEY --connections $CONNS --seconds 10
+server pid $SERVER_PID; nginx direct :$P_WHOLE, proxy :$P_PROXY, stream direct :$P_STREAM, proxy :$P_PROXY_STREAM
+EOT
+  sleep infinity
+fi
 
 # ---- runs ---------------------------------------------------------------------------------------
 RESULTS=$TMP/results.txt

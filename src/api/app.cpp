@@ -41,7 +41,7 @@ http::Response App::protocol_error(unsigned status, const std::string& message) 
   std::string type = status >= 500 ? "server_error" : "invalid_request_error";
   std::string code = status == 413 ? "request_too_large" : status == 431 ? "headers_too_large" : status >= 500 ? "internal_error" : "malformed_request";
   http::Response r = error_response(ApiError(int(status), type, message, code));
-  r.headers.emplace_back("x-request-id", "req_" + random_base62(20));
+  r.headers.emplace_back("x-request-id", new_request_id());
   metrics_->record(-1, status, 0);
   return r;
 }
@@ -55,7 +55,7 @@ static std::string request_id_for(const http::Request& req) {
     for (char ch : v) ok = ok && (isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.');
     if (ok) return std::string(v);
   }
-  return "req_" + random_base62(20);
+  return new_request_id();
 }
 
 static std::string_view bearer_token(const http::Request& req) {

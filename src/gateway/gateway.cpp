@@ -29,15 +29,34 @@ http::Response error_reply(const ApiError& e, const std::string& request_id) {
 }
 
 // Token counts from an OpenAI-shaped `usage` (and llama-server's `timings` for cached tokens).
+void read_usage(const json& usage, const json* timings, UsageRecord& rec) {
+  if (!usage.is_object()) return;
+  rec.input_tokens = usage.value("prompt_tokens", int64_t(0));
+  rec.output_tokens = usage.value("completion_tokens", int64_t(0));
+  auto d = usage.find("prompt_tokens_details");
+  if (d != usage.end() && d->is_object()) rec.cached_tokens = d->value("cached_tokens", int64_t(0));
+  if (rec.cached_tokens == 0 && timings && timings->is_object()) rec.cached_tokens = timings->value("cache_n", int64_t(0));
+}
+
 void read_usage(const json& j, UsageRecord& rec) {
   auto u = j.find("usage");
-  if (u == j.end() || !u->is_object()) return;
-  rec.input_tokens = u->value("prompt_tokens", int64_t(0));
-  rec.output_tokens = u->value("completion_tokens", int64_t(0));
-  auto d = u->find("prompt_tokens_details");
-  if (d != u->end() && d->is_object()) rec.cached_tokens = d->value("cached_tokens", int64_t(0));
+  if (u == j.end()) return;
   auto t = j.find("timings");
-  if (rec.cached_tokens == 0 && t != j.end() && t->is_object()) rec.cached_tokens = t->value("cache_n", int64_t(0));
+  read_usage(*u, t == j.end() ? nullptr : &*t, rec);
+}
+
+// A whole response's usage, read from its two members only: the relayed body (the completion's
+// text, or an embedding's vectors) is never parsed into a tree.
+void read_usage(std::string_view body, UsageRecord& rec) {
+  auto u = top_level_member(body, "usage");
+  if (!u) return;
+  try {
+    json usage = json::parse(*u);
+    json timings;
+    if (auto t = top_level_member(body, "timings")) timings = json::parse(*t);
+    read_usage(usage, &timings, rec);
+  } catch (const std::exception&) {
+  }
 }
 
 json endpoint_model_json(const EndpointModel& e) {
@@ -275,12 +294,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       });
     }
     // A whole (non-streamed, or error) response.
-    if (status == 200 && is_json_type(content_type)) {
-      try {
-        read_usage(json::parse(whole), rec);
-      } catch (const std::exception&) {
-      }
-    }
+    if (status == 200 && is_json_type(content_type)) read_usage(std::string_view(whole), rec);
     finish_record(int(status), [self = shared_from_this()] {
       http::Response r;
       r.status = self->status;
@@ -393,7 +407,9 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
         break;
       }
     }
-    int64_t prompt = int64_t(r->is_string() ? r->get_ref<const std::string&>().size() : dump_json(*r).size()) / 4 + 1;
+    // A structured prompt (messages, token arrays) is estimated from the whole body's size:
+    // slightly high, and settled by the real usage when the request ends.
+    int64_t prompt = int64_t(r->is_string() ? r->get_ref<const std::string&>().size() : c.req.body().size()) / 4 + 1;
     auto d = limiter_->acquire(who.project_id, who.actor_id, model, max_out + prompt);
     rl_headers = RateLimiter::headers(d.report);
     if (!d.allowed) {

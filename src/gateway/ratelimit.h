@@ -8,7 +8,8 @@
 //
 // A bucket holds at most the per-minute limit and refills continuously at limit/60 s. A request
 // takes 1 from the request buckets and reserves tokens from the token buckets: max_tokens (or
-// kDefaultMaxTokens when the request does not say) plus an estimate of the prompt (bytes / 4).
+// kDefaultMaxTokens when the request does not say) plus an estimate of the prompt (its bytes / 4;
+// for messages or token arrays, the whole body's bytes / 4).
 // When the request ends, settle() gives back the difference to the real usage (or takes more:
 // a bucket may go into debt, so that a client that under-estimates still pays).
 //

@@ -128,3 +128,75 @@ void BodyReader::done() const {
 }
 
 }  // namespace aicloud
+
+namespace aicloud {
+
+std::optional<std::string_view> top_level_member(std::string_view d, std::string_view key) {
+  size_t i = 0;
+  const size_t n = d.size();
+  auto skip_ws = [&] {
+    while (i < n && (d[i] == ' ' || d[i] == '\t' || d[i] == '\n' || d[i] == '\r')) ++i;
+  };
+  // At an opening quote: moves past the closing one; the raw text between them.
+  auto string = [&]() -> std::optional<std::string_view> {
+    size_t begin = ++i;
+    while (i < n) {
+      if (d[i] == '\\') {
+        i += 2;
+      } else if (d[i] == '"') {
+        return d.substr(begin, i++ - begin);
+      } else {
+        ++i;
+      }
+    }
+    return std::nullopt;
+  };
+  // Moves past one value; false when the document ends inside it.
+  auto value = [&]() -> bool {
+    if (d[i] == '"') return string().has_value();
+    if (d[i] != '{' && d[i] != '[') {
+      while (i < n && d[i] != ',' && d[i] != '}' && d[i] != ']' && d[i] != ' ' && d[i] != '\n' && d[i] != '\r' &&
+             d[i] != '\t') {
+        ++i;
+      }
+      return true;
+    }
+    int depth = 0;
+    while (i < n) {
+      char c = d[i];
+      if (c == '"') {
+        if (!string()) return false;
+        continue;
+      }
+      if (c == '{' || c == '[') {
+        ++depth;
+      } else if ((c == '}' || c == ']') && --depth == 0) {
+        ++i;
+        return true;
+      }
+      ++i;
+    }
+    return false;
+  };
+  skip_ws();
+  if (i >= n || d[i] != '{') return std::nullopt;
+  ++i;
+  while (true) {
+    skip_ws();
+    if (i >= n || d[i] != '"') return std::nullopt;
+    auto k = string();
+    skip_ws();
+    if (!k || i >= n || d[i] != ':') return std::nullopt;
+    ++i;
+    skip_ws();
+    if (i >= n) return std::nullopt;
+    size_t begin = i;
+    if (!value()) return std::nullopt;
+    if (*k == key) return d.substr(begin, i - begin);
+    skip_ws();
+    if (i >= n || d[i] != ',') return std::nullopt;
+    ++i;
+  }
+}
+
+}  // namespace aicloud

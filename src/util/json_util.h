@@ -21,6 +21,12 @@ json parse_json_body(std::string_view body);
 // Serialises for the wire; invalid UTF-8 in stored data is replaced, never thrown.
 std::string dump_json(const json& j);
 
+// The raw text of a top-level member's value in a JSON object document ("usage" in a relayed
+// completion), found without parsing the rest: strings and nesting are skipped byte by byte.
+// nullopt when doc is not an object or has no such member. Not a validator: the slice it returns
+// is parsed by the caller, which is where malformed text is caught.
+std::optional<std::string_view> top_level_member(std::string_view doc, std::string_view key);
+
 class BodyReader {
  public:
   // 400 unless body is an object. prefix names a nested object in errors ("engine_args.").
