@@ -269,6 +269,11 @@ awk -v r="$RECORDS" -v c="$COMMITS" -v s="$COMMIT_S" -v m="$SYNC" 'BEGIN { if (c
 if has_case tokens; then
   dt=$(col tokens whole direct 8) gt=$(col tokens whole gateway 8)
   echo
+  # Each round's ratio (the pair ran back to back), and their median: steadier than the ratio of
+  # the medians when the machine's speed drifts between rounds.
+  pairs=$(paste <(awk '$1 == "tokens" && $3 == "direct" { print $8 }' "$RESULTS") \
+    <(awk '$1 == "tokens" && $3 == "gateway" { print $8 }' "$RESULTS") | awk '$1 > 0 { printf "%.3f\n", $2 / $1 }')
   echo "Tokens ($SLOTS slots, $SLOTS clients, max_tokens $MAX_TOKENS, ${TOKEN_SECONDS}s): direct $dt tok/s," \
-    "through the gateway $gt tok/s: $(awk -v a="$gt" -v b="$dt" 'BEGIN { printf "%.3f", b ? a / b : 0 }') of direct"
+    "through the gateway $gt tok/s (medians); per round, gateway / direct: $(echo $pairs | tr ' ' ','), median" \
+    "$(echo "$pairs" | median_stdin) of direct"
 fi
