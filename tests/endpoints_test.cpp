@@ -144,7 +144,8 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   EXPECT_TRUE(listed) << models.dump();
   EXPECT_EQ(pa.get("/v1/models/partner-echo")["owned_by"], a.org_id);
   Api pb{*c, b.project_key, ""};
-  for (const auto& m : pb.get("/v1/models")["data"]) EXPECT_NE(m["id"], "partner-echo");
+  json models_b = pb.get("/v1/models");  // held: a range-for over a temporary's member dangles
+  for (const auto& m : models_b["data"]) EXPECT_NE(m["id"], "partner-echo");
   auto rb = pb.call("POST", "/v1/chat/completions", chat());
   EXPECT_EQ(rb.status, 404u);
   EXPECT_EQ(json::parse(rb.body)["error"]["code"], "model_not_found");

@@ -146,7 +146,7 @@ class StreamProxy : public ::testing::Test {
     proxy.pool = pool.get();
   }
   void TearDown() override {
-    proxy_srv.reset();
+    proxy_srv.reset();  // the io_context goes before the pool holding its idle sockets (ASAN checks)
     pool.reset();
     up_srv.reset();
   }

@@ -40,10 +40,56 @@ struct UpstreamPool::Impl {
   }
   void put(const std::string& key, Pooled p) {
     std::lock_guard lk(mu);
+    if (closed) return;
     auto& v = idle[key];
     if (v.size() < max_idle) v.push_back(std::move(p));
   }
+  // Closes every idle connection; later puts close theirs at once.
+  void close_idle() {
+    std::unordered_map<std::string, std::vector<Pooled>> gone;
+    {
+      std::lock_guard lk(mu);
+      closed = true;
+      gone.swap(idle);
+    }
+  }
+  bool closed = false;  // guarded by mu
 };
+
+namespace {
+
+// An idle connection's socket belongs to its io_context's socket service, so it must close
+// before that service is destroyed, whichever of the pool and the io_context goes first. asio
+// shuts every service of an io_context down before destroying any: this one's shutdown closes the
+// idle connections of every pool made on the io_context while their sockets can still close.
+class PoolCloser : public asio::execution_context::service {
+ public:
+  static inline asio::execution_context::id id;
+  explicit PoolCloser(asio::execution_context& ctx) : asio::execution_context::service(ctx) {}
+
+  void add(const std::shared_ptr<UpstreamPool::Impl>& pool) {
+    std::lock_guard lk(mu_);
+    std::erase_if(pools_, [](const auto& w) { return w.expired(); });
+    pools_.push_back(pool);
+  }
+
+ private:
+  void shutdown() override {
+    std::vector<std::weak_ptr<UpstreamPool::Impl>> pools;
+    {
+      std::lock_guard lk(mu_);
+      pools.swap(pools_);
+    }
+    for (auto& w : pools) {
+      if (auto p = w.lock()) p->close_idle();
+    }
+  }
+
+  std::mutex mu_;
+  std::vector<std::weak_ptr<UpstreamPool::Impl>> pools_;
+};
+
+}  // namespace
 
 namespace {
 
@@ -227,7 +273,9 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
 }  // namespace
 
 UpstreamPool::UpstreamPool(asio::io_context& ioc, size_t max_idle_per_target)
-    : impl_(std::make_shared<Impl>(ioc, max_idle_per_target)) {}
+    : impl_(std::make_shared<Impl>(ioc, max_idle_per_target)) {
+  asio::use_service<PoolCloser>(ioc).add(impl_);
+}
 
 UpstreamPool::~UpstreamPool() = default;
 

@@ -430,7 +430,6 @@ class SqliteStore final : public Store {
   // next writer starts the WAL over. This bounds the WAL at about 16 MB.
   static constexpr int kInlineCheckpointPages = 4000;
   static constexpr std::chrono::milliseconds kCheckpointGap{50};
-  int64_t checkpoints() const { return checkpoints_.load(); }
 
  private:
   // Every connection reports its commits here instead of checkpointing inline.
@@ -446,7 +445,10 @@ class SqliteStore final : public Store {
       return SQLITE_OK;
     }
     if (wal_pages >= kCheckpointPages && !st->ckpt_wanted_.load()) {
-      { std::lock_guard lk(st->ckpt_mu_); st->ckpt_wanted_ = true; }
+      {
+        std::lock_guard lk(st->ckpt_mu_);
+        st->ckpt_wanted_ = true;
+      }
       st->ckpt_cv_.notify_one();
     }
     return SQLITE_OK;
@@ -464,8 +466,7 @@ class SqliteStore final : public Store {
       try {
         if (!c) c = std::make_unique<Conn>(opts_.path, opts_.sync_full);
         ckpt_wanted_ = false;
-        int rc = sqlite3_wal_checkpoint_v2(c->db(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-        if (rc == SQLITE_OK) ++checkpoints_;
+        sqlite3_wal_checkpoint_v2(c->db(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
       } catch (const std::exception&) {
         c.reset();  // try again with a new connection on the next round
       }
@@ -507,7 +508,6 @@ class SqliteStore final : public Store {
   std::condition_variable ckpt_cv_;
   std::atomic<bool> ckpt_wanted_{false};
   bool stopping_ = false;
-  std::atomic<int64_t> checkpoints_{0};
   std::thread checkpointer_;  // last: started when everything above exists
 };
 
