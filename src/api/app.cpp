@@ -158,6 +158,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
       }
     }
 
+    if (spec.before) spec.before();
     if (spec.raw) return spec.raw(c);  // checks its own body (the gateway: JSON; uploads: bytes)
 
     if (spec.mutation) {

@@ -32,6 +32,9 @@ struct RouteSpec {
   // body, possibly streamed through http::ResponseStream). Runs after authentication,
   // outside any transaction; never a `mutation`. It checks its own Content-Type.
   std::function<http::Response(Context&)> raw = nullptr;
+  // Runs after authentication, before the route's transaction begins (the usage routes: fold
+  // the meter's journal, so that the read sees every request that completed).
+  std::function<void()> before = nullptr;
 };
 
 class App : public http::Handler {
@@ -82,7 +85,8 @@ void add_capacity_routes(App& app, NodeLeases& leases);
 void add_compute_routes(App& app, NodeLeases& leases);
 void add_reservation_routes(App& app);
 void add_rate_limit_routes(App& app);  // api/rate_limit_routes.cpp: projects' model rate limits
-void add_usage_routes(App& app);  // metering/usage_routes.cpp  // reservations and quotas
+class Meter;
+void add_usage_routes(App& app, Meter& meter);  // metering/usage_routes.cpp: the usage API
 void add_model_routes(App& app, const std::string& data_dir);  // the model registry (files in DATA_DIR/models)
 
 // The settings object, created with defaults on first read.

@@ -1,73 +1,308 @@
 #include "metering/meter.h"
 
-#include <chrono>
-#include <vector>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "metering/journal.h"
 #include "util/log.h"
+
+namespace fs = std::filesystem;
 
 namespace aicloud {
 
-Meter::Meter(Store& store) : store_(store), thread_([this] { run(); }) {}
+namespace {
+
+constexpr size_t kSpares = 2;  // folded segment files kept for reuse
+constexpr const char* kSuffix = ".usage";
+
+int64_t micros_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+}
+
+bool pwrite_all(int fd, const std::string& b, uint64_t off) {
+  for (size_t done = 0; done < b.size();) {
+    ssize_t n = ::pwrite(fd, b.data() + done, b.size() - done, off_t(off + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += size_t(n);
+  }
+  return true;
+}
+
+std::string sys_error(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+}  // namespace
+
+Meter::Segment::~Segment() {
+  if (fd >= 0) ::close(fd);
+}
+
+Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(opts)) {
+  fs::create_directories(opts_.dir);
+  dir_fd_ = ::open(opts_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd_ < 0) throw std::runtime_error(sys_error("cannot open the usage journal " + opts_.dir));
+
+  // What a previous process left: segments above the watermark hold records to fold (in order);
+  // the others were folded already and become spares.
+  uint64_t folded = store_.read([](Tx& tx) { return tx.usage_folded_segment(); });
+  std::map<uint64_t, std::string> found;
+  for (const auto& e : fs::directory_iterator(opts_.dir)) {
+    std::string name = e.path().filename().string();
+    if (name.size() != 20 + std::strlen(kSuffix) || !name.ends_with(kSuffix) ||
+        name.find_first_not_of("0123456789") != 20) {
+      continue;
+    }
+    found[std::stoull(name.substr(0, 20))] = e.path().string();
+  }
+  next_number_ = folded + 1;
+  for (const auto& [number, path] : found) {
+    next_number_ = std::max(next_number_, number + 1);
+    if (number <= folded) {
+      spares_.push_back(path);
+      continue;
+    }
+    auto s = std::make_shared<Segment>();
+    s->number = number;
+    s->path = path;
+    s->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (s->fd < 0 || ::fstat(s->fd, &st) != 0) throw std::runtime_error(sys_error("cannot read " + path));
+    s->size = uint64_t(st.st_size);
+    unfolded_.push_back(std::move(s));
+  }
+  if (!unfolded_.empty()) spdlog::info("metering: folding {} usage journal segment(s) left by the last run", unfolded_.size());
+  active_ = open_segment(next_number_++);
+  fold_now();
+  if (!unfolded_.empty()) throw std::runtime_error("the usage journal could not be folded into the store (see the log)");
+
+  if (opts_.fsync) syncer_ = std::thread([this] { sync_loop(); });
+  folder_ = std::thread([this] { fold_loop(); });
+}
 
 Meter::~Meter() {
   {
     std::lock_guard lk(mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
-  thread_.join();
+  sync_cv_.notify_all();
+  fold_cv_.notify_all();
+  if (folder_.joinable()) folder_.join();
+  if (syncer_.joinable()) syncer_.join();  // after it synced what was waiting
+  try {
+    fold_now(true);
+  } catch (const std::exception& e) {
+    spdlog::error("metering: the usage journal was not folded at shutdown (the next start folds it): {}", e.what());
+  }
+  active_.reset();
+  unfolded_.clear();
+  if (dir_fd_ >= 0) ::close(dir_fd_);
 }
 
-void Meter::record(UsageRecord r, std::function<void(bool)> on_durable) {
+std::string Meter::path_of(uint64_t number) const {
+  char name[32];
+  std::snprintf(name, sizeof name, "%020llu%s", static_cast<unsigned long long>(number), kSuffix);
+  return (fs::path(opts_.dir) / name).string();
+}
+
+void Meter::fsync_dir() {
+  if (opts_.fsync && ::fsync(dir_fd_) != 0) throw std::runtime_error(sys_error("cannot sync " + opts_.dir));
+}
+
+std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
+  auto s = std::make_shared<Segment>();
+  s->number = number;
+  s->path = path_of(number);
+  int flags = O_RDWR | O_CLOEXEC;
+  if (!spares_.empty()) {
+    // Reuse: the old frames carry the old segment number, so a reader stops where ours end.
+    if (::rename(spares_.back().c_str(), s->path.c_str()) != 0) throw std::runtime_error(sys_error("cannot reuse " + spares_.back()));
+    spares_.pop_back();
+  } else {
+    flags |= O_CREAT | O_TRUNC;
+  }
+  s->fd = ::open(s->path.c_str(), flags, 0600);
+  if (s->fd < 0) throw std::runtime_error(sys_error("cannot open " + s->path));
+  fsync_dir();  // the name must be durable before a record under it is acknowledged
+  return s;
+}
+
+void Meter::record(const UsageRecord& r, std::function<void(bool)> on_durable) {
+  thread_local std::string frame;
+  auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock lk(mu_);
+  Segment& s = *active_;
+  frame.clear();
+  journal::encode(r, s.number, frame);
+  if (!pwrite_all(s.fd, frame, s.size)) {
+    // The size is not advanced: the next record overwrites whatever part of this one got out.
+    std::string err = sys_error("write " + s.path);
+    lk.unlock();
+    spdlog::error("metering: could not journal the usage record of {}: {}", r.request_id, err);
+    if (on_durable) on_durable(false);
+    return;
+  }
+  s.size += frame.size();
+  if (opts_.fsync) {
+    s.waiters.push_back({s.size, std::move(on_durable)});
+    lk.unlock();
+    sync_cv_.notify_one();
+    return;
+  }
+  lk.unlock();
+  ++committed_;
+  ++commits_;
+  commit_us_ += micros_since(t0);
+  if (on_durable) on_durable(true);
+}
+
+void Meter::complete(Segment& s, uint64_t upto, bool ok) {
+  std::vector<Waiter> done;
   {
     std::lock_guard lk(mu_);
-    queue_.push_back({std::move(r), std::move(on_durable)});
+    while (!s.waiters.empty() && s.waiters.front().end <= upto) {
+      done.push_back(std::move(s.waiters.front()));
+      s.waiters.pop_front();
+    }
   }
-  cv_.notify_one();
+  if (ok) committed_ += int64_t(done.size());
+  for (auto& w : done) {
+    if (w.done) w.done(ok);
+  }
 }
 
-void Meter::run() {
-  std::vector<Item> batch;
+void Meter::sync_loop() {
+  std::unique_lock lk(mu_);
   while (true) {
-    {
-      std::unique_lock lk(mu_);
-      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty() && stopping_) return;
-      // No artificial delay: while one commit runs, the next group queues up behind it, so the
-      // group size adapts to the load (one record when idle, hundreds under load).
-      batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
-      queue_.clear();
-    }
-    bool ok = true;
+    // No artificial delay: while one fdatasync runs, the next group is written behind it, so the
+    // group size adapts to the load (one record when idle, dozens under load).
+    sync_cv_.wait(lk, [this] { return stopping_ || !active_->waiters.empty(); });
+    if (active_->waiters.empty()) return;  // stopping, and nothing waits
+    std::shared_ptr<Segment> seg = active_;
+    uint64_t upto = seg->size;
+    lk.unlock();
     auto t0 = std::chrono::steady_clock::now();
-    try {
-      store_.write([&](Tx& tx) {
-        for (auto& it : batch) tx.usage_append(it.r);
-      });
-      committed_ += int64_t(batch.size());
-      ++commits_;
-      commit_us_ += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-    } catch (const std::exception& e) {
-      ok = false;
-      spdlog::error("metering: could not commit {} usage records: {}", batch.size(), e.what());
+    bool ok = ::fdatasync(seg->fd) == 0;
+    commit_us_ += micros_since(t0);
+    ++commits_;
+    if (ok) {
+      complete(*seg, upto, true);
+    } else {
+      // Retrying an fdatasync that failed proves nothing (the kernel may have dropped the dirty
+      // pages); the fold into the store, which syncs on its own, settles these records.
+      spdlog::error("metering: {}", sys_error("fdatasync " + seg->path));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      lk.lock();
+      std::shared_ptr<Segment> keep = std::move(seg);
+      sync_cv_.wait(lk, [&] { return stopping_ || active_ != keep; });
+      if (stopping_ && active_ == keep) return;
+      continue;
     }
-    for (auto& it : batch) {
-      if (it.done) it.done(ok);
-    }
-    batch.clear();
+    lk.lock();
   }
+}
+
+void Meter::fold_loop() {
+  std::unique_lock lk(mu_);
+  while (!stopping_) {
+    fold_cv_.wait_for(lk, opts_.fold_every, [this] { return stopping_; });
+    if (stopping_) return;
+    lk.unlock();
+    try {
+      fold_now();
+    } catch (const std::exception& e) {
+      spdlog::error("metering: usage journal rotation failed: {}", e.what());
+    }
+    lk.lock();
+  }
+}
+
+void Meter::flush() { fold_now(); }
+
+void Meter::fold_now(bool last) {
+  std::lock_guard fl(fold_mu_);
+  bool rotate;
+  {
+    std::lock_guard lk(mu_);
+    rotate = active_ && (active_->size > 0 || last);
+  }
+  if (rotate) {
+    // The last fold (shutdown) retires the active segment even if empty, so that the watermark
+    // covers every file and the next start finds nothing to fold.
+    auto next = last ? nullptr : open_segment(next_number_++);
+    std::shared_ptr<Segment> retired;
+    {
+      std::lock_guard lk(mu_);
+      retired = std::exchange(active_, std::move(next));
+    }
+    sync_cv_.notify_one();  // a syncer waiting out a failure moves on to the new segment
+    if (opts_.fsync && ::fdatasync(retired->fd) == 0) complete(*retired, UINT64_MAX, true);
+    unfolded_.push_back(std::move(retired));
+  }
+  while (!unfolded_.empty()) {
+    auto s = unfolded_.front();
+    try {
+      fold(*s);
+    } catch (const std::exception& e) {
+      // Left in place (journaled, unfolded): the next round, or the next start, tries again.
+      spdlog::error("metering: could not fold usage journal segment {} into the store: {}", s->number, e.what());
+      return;
+    }
+    complete(*s, UINT64_MAX, true);  // whatever the syncer had not reached is durable in the store now
+    spares_.push_back(s->path);
+    unfolded_.pop_front();
+  }
+  while (spares_.size() > kSpares) {
+    ::unlink(spares_.front().c_str());
+    spares_.erase(spares_.begin());
+  }
+}
+
+void Meter::fold(Segment& s) {
+  auto t0 = std::chrono::steady_clock::now();
+  std::string data(s.size, '\0');
+  for (size_t got = 0; got < data.size();) {
+    ssize_t n = ::pread(s.fd, data.data() + got, data.size() - got, off_t(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::runtime_error(sys_error("read " + s.path));
+    if (n == 0) {
+      data.resize(got);
+      break;
+    }
+    got += size_t(n);
+  }
+  std::vector<UsageRecord> records = journal::decode(data, s.number);
+  store_.write([&](Tx& tx) {
+    for (auto& r : records) tx.usage_append(r);
+    tx.set_usage_folded_segment(s.number);
+  });
+  folded_ += int64_t(records.size());
+  ++folds_;
+  fold_us_ += micros_since(t0);
 }
 
 std::string Meter::prometheus() const {
-  return "# HELP aicloud_usage_records_committed_total Usage records made durable.\n"
-         "# TYPE aicloud_usage_records_committed_total counter\naicloud_usage_records_committed_total " +
-         std::to_string(records_committed()) +
-         "\n# HELP aicloud_usage_commits_total Group commits of usage records (one fsync each under --sync full).\n"
-         "# TYPE aicloud_usage_commits_total counter\naicloud_usage_commits_total " +
-         std::to_string(commits()) +
-         "\n# HELP aicloud_usage_commit_seconds_total Time spent in group commits of usage records.\n"
-         "# TYPE aicloud_usage_commit_seconds_total counter\naicloud_usage_commit_seconds_total " +
-         std::to_string(double(commit_micros()) / 1e6) + "\n";
+  auto counter = [](const char* name, const char* help, const std::string& v) {
+    return std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " + v + "\n";
+  };
+  return counter("aicloud_usage_records_committed_total", "Usage records made durable (journaled).",
+                 std::to_string(records_committed())) +
+         counter("aicloud_usage_commits_total",
+                 "Usage journal commits: one fdatasync each under --sync full (a group), one write each otherwise.",
+                 std::to_string(commits())) +
+         counter("aicloud_usage_commit_seconds_total", "Time spent in usage journal commits.",
+                 std::to_string(double(commit_micros()) / 1e6)) +
+         counter("aicloud_usage_records_folded_total", "Usage records folded from the journal into the store.",
+                 std::to_string(records_folded())) +
+         counter("aicloud_usage_folds_total", "Usage journal segments folded into the store.", std::to_string(folds_.load())) +
+         counter("aicloud_usage_fold_seconds_total", "Time spent folding the usage journal into the store.",
+                 std::to_string(double(fold_us_.load()) / 1e6));
 }
 
 }  // namespace aicloud

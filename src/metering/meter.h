@@ -1,55 +1,109 @@
 // Metering: every finished model request leaves one usage record, durable before the client sees
-// the response complete. Records are group-committed: a writer thread takes everything queued,
-// appends it in one transaction, commits (one fsync for the group), then runs each record's
-// on_durable callback, which is where the gateway ends the client's response. So a response that
-// completed never loses its record, even on kill -9, and the cost of durability is shared by all
-// requests finishing in the same few milliseconds.
+// the response complete, so a response that completed never loses its record, even on kill -9.
+//
+// The path a record takes:
+//   record()  -> one pwrite of a frame (metering/journal.h) to the journal's active segment, on
+//                the calling io thread. Under fsync=false that is the acknowledgement: the bytes
+//                are in the kernel and survive the process being killed, so on_durable runs at
+//                once, with no hand-off to another thread.
+//   syncer    -> only under fsync=true (--sync full, survives power loss): fdatasyncs the active
+//                segment and runs on_durable for every record the sync covered: a group commit
+//                whose group is whatever was written while the previous sync ran.
+//   folder    -> every fold_every, the active segment is swapped for a spare and its records are
+//                folded into the store's usage_records in one transaction that also raises the
+//                folded-segment watermark; the file is then kept as a spare (overwritten in place
+//                next time, so an fdatasync does not also write the inode).
+//   restart   -> the constructor folds every segment above the watermark: exactly once.
+// The usage API calls flush() before it reads, so it sees every completed request.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "store/store.h"
 
 namespace aicloud {
 
+struct MeterOptions {
+  std::string dir;     // the journal's segment files
+  bool fsync = true;   // acknowledge after fdatasync (power loss) rather than after write (kill -9)
+  std::chrono::milliseconds fold_every{200};
+};
+
 class Meter {
  public:
-  explicit Meter(Store& store);
-  ~Meter();  // commits what is queued, then stops
+  // Folds what a previous process journaled; throws if the directory or the store cannot be used.
+  Meter(Store& store, MeterOptions opts);
+  ~Meter();  // folds what is journaled, then stops
   Meter(const Meter&) = delete;
   Meter& operator=(const Meter&) = delete;
 
-  // Queues r; on_durable runs on the writer thread after the commit that holds it (or, if the
-  // commit failed, with durable=false after the error was logged).
-  void record(UsageRecord r, std::function<void(bool durable)> on_durable = nullptr);
+  // Journals r; on_durable(true) runs once it is durable (under fsync=false before record
+  // returns, on the calling thread; else on the syncer thread), on_durable(false) if it could not
+  // be written (logged): the request must not be reported as completed and billed.
+  void record(const UsageRecord& r, std::function<void(bool durable)> on_durable = nullptr);
 
-  // Counters for /metrics and the benchmark: records per commit is the group size; each commit
-  // is one fsync under --sync full.
+  // Folds every record journaled so far into the store; returns when they are readable there.
+  void flush();
+
+  // Counters for /metrics and the benchmark. A commit is one fdatasync under fsync=true (its group
+  // is records/commits), one write otherwise.
   int64_t records_committed() const { return committed_.load(); }
   int64_t commits() const { return commits_.load(); }
-  int64_t commit_micros() const { return commit_us_.load(); }  // time spent committing, in total
+  int64_t commit_micros() const { return commit_us_.load(); }
+  int64_t records_folded() const { return folded_.load(); }
   std::string prometheus() const;  // the counters above in Prometheus text format
 
  private:
-  void run();
-
-  Store& store_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  struct Item {
-    UsageRecord r;
+  struct Waiter {
+    uint64_t end;  // the segment offset the record's frame ends at
     std::function<void(bool)> done;
   };
-  std::deque<Item> queue_;
+  struct Segment {
+    uint64_t number = 0;
+    std::string path;
+    int fd = -1;
+    uint64_t size = 0;             // bytes of frames written (guarded by mu_)
+    std::deque<Waiter> waiters;    // unsynced records, by end (guarded by mu_)
+    ~Segment();
+  };
+
+  std::string path_of(uint64_t number) const;
+  std::shared_ptr<Segment> open_segment(uint64_t number);  // a spare file renamed, or a new one
+  void fsync_dir();
+  void complete(Segment& s, uint64_t upto, bool ok);  // runs the waiters that end at or before upto
+  void sync_loop();
+  void fold_loop();
+  // Rotates the active segment if it holds anything (last: always, with no new one: shutdown),
+  // then folds what is unfolded, in order.
+  void fold_now(bool last = false);
+  void fold(Segment& s);
+
+  Store& store_;
+  MeterOptions opts_;
+  int dir_fd_ = -1;
+
+  std::mutex mu_;  // the active segment: appends, the swap, waiters
+  std::condition_variable sync_cv_;
+  std::shared_ptr<Segment> active_;
   bool stopping_ = false;
-  std::atomic<int64_t> committed_{0}, commits_{0}, commit_us_{0};
-  std::thread thread_;
+
+  std::mutex fold_mu_;  // one fold at a time (the folder thread, flush(), the destructor)
+  uint64_t next_number_ = 1;
+  std::deque<std::shared_ptr<Segment>> unfolded_;  // retired, in order
+  std::vector<std::string> spares_;                // folded files to reuse
+  std::condition_variable fold_cv_;
+
+  std::atomic<int64_t> committed_{0}, commits_{0}, commit_us_{0}, folded_{0}, folds_{0}, fold_us_{0};
+  std::thread syncer_, folder_;
 };
 
 }  // namespace aicloud

@@ -2,6 +2,7 @@
 // bucketed shape. Buckets cover [start_time, end_time) at bucket_width (1m, 1h, 1d), empty ones
 // included, paged by `limit` and `page` (the start of the next bucket).
 #include "api/app.h"
+#include "metering/meter.h"
 #include "util/error.h"
 
 namespace aicloud {
@@ -108,11 +109,12 @@ json usage_page(Context& c, const std::string& endpoint) {
 
 }  // namespace
 
-void add_usage_routes(App& app) {
+void add_usage_routes(App& app, Meter& meter) {
+  auto fold = [&meter] { meter.flush(); };
   app.add({"GET", "/v1/organization/usage/completions", Access::kOrg, false, "",
-           [](Context& c) { return usage_page(c, "completions"); }});
+           [](Context& c) { return usage_page(c, "completions"); }, nullptr, fold});
   app.add({"GET", "/v1/organization/usage/embeddings", Access::kOrg, false, "",
-           [](Context& c) { return usage_page(c, "embeddings"); }});
+           [](Context& c) { return usage_page(c, "embeddings"); }, nullptr, fold});
 }
 
 }  // namespace aicloud

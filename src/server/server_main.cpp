@@ -101,7 +101,7 @@ int server_command(int argc, char** argv) {
   cli.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
       ->capture_default_str();
-  cli.add_option("--sync", sync, "full: fsync each commit (survives power loss); normal: survives process crashes")
+  cli.add_option("--sync", sync, "full: fsync each commit and each group of usage records (survives power loss); normal: survives process crashes")
       ->check(CLI::IsMember({"full", "normal"}))
       ->capture_default_str();
   cli.add_option("--threads", threads, "HTTP worker threads (0 = one per core)")->check(CLI::Range(0, 256));
@@ -168,8 +168,9 @@ int server_command(int argc, char** argv) {
     add_reservation_routes(app);
     add_model_routes(app, data_dir);
 
-    // The gateway proxies on the server's own io threads; usage records are group-committed.
-    Meter meter(*store);
+    // The gateway proxies on the server's own io threads; usage records go through the journal
+    // in DATA_DIR/usage-journal (metering/meter.h), fdatasynced in groups under --sync full.
+    Meter meter(*store, {(fs::path(data_dir) / "usage-journal").string(), sync == "full"});
     gateway::ReplicaDirectory replicas;
     http::Server server(so, app);
     gateway::GatewayOptions go;
@@ -178,7 +179,7 @@ int server_command(int argc, char** argv) {
     gw.add_routes(app);
     add_deployment_routes(app);
     gateway::add_endpoint_routes(app);
-    add_usage_routes(app);
+    add_usage_routes(app, meter);
     add_rate_limit_routes(app);
     app.finalize();
 

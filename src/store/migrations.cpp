@@ -71,6 +71,16 @@ CREATE TABLE usage_records (
 );
 CREATE INDEX usage_org_ts ON usage_records(org_id, ts_ms);
 )sql",
+      // 2 -> 3: the usage journal's watermark (metering/journal.h). Records reach the client's
+      // acknowledgement through a journal segment; a segment is folded into usage_records in one
+      // transaction that also raises folded_segment, so a restart folds each segment exactly once.
+      R"sql(
+CREATE TABLE usage_journal (
+  id              INTEGER PRIMARY KEY CHECK (id = 1),
+  folded_segment  INTEGER NOT NULL
+);
+INSERT INTO usage_journal(id, folded_segment) VALUES (1, 0);
+)sql",
   };
   return m;
 }

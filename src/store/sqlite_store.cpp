@@ -330,6 +330,15 @@ class SqliteTx final : public Tx {
     st.step();
     r.seq = sqlite3_last_insert_rowid(conn_->db());
   }
+  uint64_t usage_folded_segment() override {
+    Stmt st(*conn_, "SELECT folded_segment FROM usage_journal WHERE id=1");
+    return st.step() ? uint64_t(st.integer(0)) : 0;
+  }
+  void set_usage_folded_segment(uint64_t segment) override {
+    require_write();
+    Stmt st(*conn_, "UPDATE usage_journal SET folded_segment=? WHERE id=1");
+    st.bind(int64_t(segment)).step();
+  }
   std::vector<UsageRow> usage_sum(const UsageQuery& q) override {
     std::string groups = "b";
     if (q.by_project) groups += ", project_id";

@@ -130,6 +130,9 @@ class Tx {
   virtual void idempotency_put(std::string_view scope, std::string_view key, const IdempotencyRecord& r) = 0;
 
   virtual void usage_append(UsageRecord& r) = 0;  // r.seq is set
+  // The newest usage journal segment whose records are in usage_records (0: none yet).
+  virtual uint64_t usage_folded_segment() = 0;
+  virtual void set_usage_folded_segment(uint64_t segment) = 0;
   // Rows ordered by bucket, then by the grouping columns; empty buckets are not returned.
   virtual std::vector<UsageRow> usage_sum(const UsageQuery& q) = 0;
 

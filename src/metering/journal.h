@@ -1,0 +1,25 @@
+// The usage journal's on-disk format. A segment file holds frames, one per usage record:
+//
+//   magic u32 | segment u64 | length u32 | crc32 u32 (of segment, length, payload) | payload
+//
+// all little-endian; the payload is the record's fields in a fixed order. Segment files are
+// recycled (overwritten from offset 0 under a new segment number, so that an fdatasync writes
+// data blocks and not the inode), which leaves frames of an older segment behind the newest
+// one: a reader stops at the first frame that is torn, checksummed wrong or of another segment.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "store/store.h"
+
+namespace aicloud::journal {
+
+// Appends one frame holding r, for segment `segment`, to out.
+void encode(const UsageRecord& r, uint64_t segment, std::string& out);
+
+// The records of every whole frame of `segment` from the start of data, in order.
+std::vector<UsageRecord> decode(std::string_view data, uint64_t segment);
+
+}  // namespace aicloud::journal
