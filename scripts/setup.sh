@@ -7,6 +7,7 @@ PKGS=(
   libboost-dev libboost-system-dev     # Asio + Beast (HTTP server and client)
   nlohmann-json3-dev libsqlite3-dev libssl-dev
   libspdlog-dev libfmt-dev libcli11-dev
+  libjemalloc-dev                      # the server's allocator (docs/PERFORMANCE.md §5)
   libgtest-dev libgmock-dev libbenchmark-dev
   ccache sqlite3 curl
   clang libfuzzer-14-dev libclang-rt-14-dev   # the fuzz target (libFuzzer)

@@ -33,13 +33,6 @@ struct Result {
   std::string out, err;
 };
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 // Runs `aicloud args...` with stdin from `input`, the parent's environment minus AICLOUD_* and
 // HOME, plus `env`.
 Result run_aicloud(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,

@@ -25,15 +25,9 @@
 
 namespace aicloud {
 namespace {
+using test::slurp;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 // Runs argv to completion; its exit status and what it wrote to stdout and stderr.
 std::pair<int, std::string> run(const std::vector<std::string>& args, const std::string& out_path) {

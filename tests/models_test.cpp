@@ -41,13 +41,6 @@ extern char** environ;
 
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 // A GGUF with real structure: general.* metadata, <arch>.context_length and tensors whose element
 // counts add up to a known parameter count. extra_floats pads one tensor to make big files.
 struct GgufSpec {

@@ -26,7 +26,9 @@
 #                                 is fsynced before the answers in it end; normal: written to the
 #                                 OS, which survives kill -9 but not a power cut)
 #   CASES="whole stream tokens"   whole and stream: the overhead cases; tokens: llama-server
-#   SLOTS=4 MAX_TOKENS=64 TOKEN_SECONDS=20
+#   SLOTS=4 MAX_TOKENS=64 TOKEN_SECONDS=8 TOKEN_ROUNDS=8   (short rounds, many of them: the
+#                                 machine's speed drifts by ±20% over minutes, so only back-to-back
+#                                 pairs compare, and the median of their ratios is the figure)
 #   HOLD=1                        set up, print how to drive the gateway by hand, wait (profiling)
 set -euo pipefail
 
@@ -44,7 +46,8 @@ NGINX_WORKERS=${NGINX_WORKERS:-$SERVER_THREADS}
 CASES=${CASES:-whole stream tokens}
 SLOTS=${SLOTS:-4}
 MAX_TOKENS=${MAX_TOKENS:-64}
-TOKEN_SECONDS=${TOKEN_SECONDS:-20}
+TOKEN_SECONDS=${TOKEN_SECONDS:-8}
+TOKEN_ROUNDS=${TOKEN_ROUNDS:-8}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 ENGINE=${ENGINE:-$HOME/.cache/aicloud/engine/llama.cpp-v0.5.0-cpu/bin/llama-server}
 
@@ -229,7 +232,7 @@ if has_case tokens; then
   wait_served "$TMP/tiny.json"
   # Alternating which goes first (ABBA...), so that a machine that slows down or speeds up over
   # the runs does not favour either side.
-  for r in $(seq "$RUNS"); do
+  for r in $(seq "$TOKEN_ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then
       run tokens whole direct "http://127.0.0.1:$P_ENGINE/v1/chat/completions" "$TMP/tiny.json"
       run tokens whole gateway "$URL/v1/chat/completions" "$TMP/tiny.json" "$PKEY"

@@ -23,6 +23,11 @@ std::string aicloud_binary();
 // test. "" if neither is found.
 std::string source_dir();
 
+// A whole file's bytes ("" if it cannot be read).
+std::string slurp(const std::string& path);
+// A loopback TCP port that was free a moment ago.
+int free_port();
+
 // A fresh temporary directory, removed at destruction unless AICLOUD_KEEP_TMP is set.
 class TempDir {
  public:
