@@ -9,8 +9,8 @@
 #   nginx    through a second nginx server block acting as a reverse proxy (keep-alive upstream);
 #   gateway  through aicloud: the canned nginx is an operator-registered external endpoint
 #            (gateway/endpoints.h), so the request is authenticated with a project key,
-#            rate-limited and metered (its usage record group-committed with --sync full before
-#            the answer ends), exactly like a model deployment's.
+#            rate-limited and metered (its usage record journaled, and with --sync full
+#            fdatasynced in a group, before the answer ends), exactly like a model deployment's.
 # at a fixed rate (open loop, latency from when each request was due) and at saturation (closed
 # loop). Added latency = the proxy's percentile minus direct's in the same round.
 #
@@ -22,9 +22,9 @@
 #   RUNS=3 DURATION=10 WARMUP=2   rounds, seconds measured per run, warm-up seconds per run
 #   RATE=2000 CONNS=32            the fixed rate (requests/s) and connections (keep-alive)
 #   SERVER_THREADS=2              aicloud server --threads; nginx worker_processes the same
-#   SYNC=full                     aicloud server --sync (full: each group commit of usage records
-#                                 is fsynced before the answers in it end; normal: written to the
-#                                 OS, which survives kill -9 but not a power cut)
+#   SYNC=full                     aicloud server --sync (full: each group of usage records is
+#                                 fdatasynced before the answers in it end; normal: each record is
+#                                 written to the OS first, which survives kill -9 but not a power cut)
 #   CASES="whole stream tokens"   whole and stream: the overhead cases; tokens: llama-server
 #   SLOTS=4 MAX_TOKENS=64 TOKEN_SECONDS=8 TOKEN_ROUNDS=8   (short rounds, many of them: the
 #                                 machine's speed drifts by ±20% over minutes, so only back-to-back
@@ -268,7 +268,7 @@ for mode in rate saturate; do
   done
 done
 awk -v r="$RECORDS" -v c="$COMMITS" -v s="$COMMIT_S" -v m="$SYNC" 'BEGIN { if (c > 0)
-  printf "Metering (--sync %s): %d usage records in %d group commits: %.1f records per commit, %.0f us per commit\n", m, r, c, r / c, s * 1e6 / c }'
+  printf "Metering (--sync %s): %d usage records in %d journal commits (fdatasyncs under full, writes under normal): %.1f records per commit, %.0f us per commit\n", m, r, c, r / c, s * 1e6 / c }'
 if has_case tokens; then
   dt=$(col tokens whole direct 8) gt=$(col tokens whole gateway 8)
   echo
