@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -284,8 +286,12 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       out_head_ = std::move(*p.head);
     }
+    if (!out_head_sent_ && !out_head_) return;  // nothing yet
+    // Whatever has arrived goes out in one write: the head (first time), the data as one chunk,
+    // and the last chunk if the producer has ended. A short stream (or the end of one: the held
+    // [DONE] and the terminator) then costs one send, not one per piece.
+    std::string buf;
     if (!out_head_sent_) {
-      if (!out_head_) return;  // nothing yet
       chunk_res_.emplace();
       chunk_res_->version(out_version_);
       chunk_res_->result(out_head_->status);
@@ -294,41 +300,32 @@ class Session : public std::enable_shared_from_this<Session> {
       for (auto& [k, v] : out_head_->headers) chunk_res_->set(k, v);
       chunk_res_->keep_alive(!out_close_);
       chunk_res_->chunked(true);
-      chunk_sr_.emplace(*chunk_res_);
-      out_writing_ = true;
-      stream_.expires_after(std::chrono::seconds(30));
-      bhttp::async_write_header(stream_, *chunk_sr_, [self = shared_from_this()](beast::error_code ec, size_t) {
-        self->out_writing_ = false;
-        self->out_head_sent_ = true;
-        self->stream_.expires_never();
-        if (ec) return self->abort_stream();
-        self->pump();
-      });
-      return;
+      std::ostringstream head;
+      head << chunk_res_->base();
+      buf = head.str();
+      out_head_sent_ = true;
     }
     if (!pending_.empty()) {
-      out_writing_ = true;
-      writing_ = std::move(pending_);
+      char size[24];
+      int n = std::snprintf(size, sizeof size, "%zx\r\n", pending_.size());
+      buf.append(size, size_t(n)).append(pending_).append("\r\n");
       pending_.clear();
-      stream_.expires_after(std::chrono::seconds(30));
-      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(writing_)),
-                        [self = shared_from_this()](beast::error_code ec, size_t) {
-                          self->out_writing_ = false;
-                          self->stream_.expires_never();
-                          if (ec) return self->abort_stream();
-                          self->pump();
-                        });
-      return;
     }
-    if (p.end) {
-      out_writing_ = true;
-      stream_.expires_after(std::chrono::seconds(30));
-      asio::async_write(stream_, bhttp::make_chunk_last(), [self = shared_from_this()](beast::error_code ec, size_t) {
-        self->finish_stream();
-        if (ec || self->out_close_) return self->close();
-        self->read_request();
-      });
-    }
+    bool last = p.end;
+    if (last) buf += "0\r\n\r\n";
+    if (buf.empty()) return;
+    out_writing_ = true;
+    writing_ = std::move(buf);
+    stream_.expires_after(std::chrono::seconds(30));
+    asio::async_write(stream_, asio::buffer(writing_), [self = shared_from_this(), last](beast::error_code ec, size_t) {
+      self->out_writing_ = false;
+      self->stream_.expires_never();
+      if (ec) return self->abort_stream();
+      if (!last) return self->pump();
+      self->finish_stream();
+      if (self->out_close_) return self->close();
+      self->read_request();
+    });
   }
 
   void abort_stream() {
