@@ -51,6 +51,7 @@ class Gateway {
   struct Lane {  // one per io thread
     boost::asio::io_context* io;
     std::unique_ptr<http::UpstreamPool> pool;
+    std::unique_ptr<MeterBatch> meter;  // this thread's usage records, one write per loop turn
   };
   Lane& this_lane();  // the calling thread's, else the first
 

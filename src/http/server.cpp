@@ -23,6 +23,12 @@ using tcp = asio::ip::tcp;
 
 class Session;
 
+// Sockets and streams typed on the io_context's own executor rather than asio's type-erased
+// any_io_executor, which is copied and destroyed on every operation (~2% of the gateway's CPU).
+using Executor = asio::io_context::executor_type;
+using Socket = asio::basic_stream_socket<tcp, Executor>;
+using Stream = beast::basic_stream<tcp, Executor>;
+
 // One io_context per thread, each run by its own thread (as nginx runs its workers): a
 // connection lives on one thread from accept to close, so its handlers need no strand and no
 // other thread is woken to run them. One io_context shared by N threads cost about a third more
@@ -77,7 +83,7 @@ constexpr size_t kReadAhead = 64 * 1024;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket sock, Server::Impl& srv)
+  Session(Socket sock, Server::Impl& srv)
       : stream_(std::move(sock)), srv_(srv), buffer_(srv.opts.header_limit + kReadAhead) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
@@ -259,17 +265,18 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // A client that closes its connection while it waits cancels the producer (the gateway
-  // cancels the upstream request). Readable with nothing to read is the peer's FIN; a pipelined
-  // request's bytes are left for read_request().
+  // cancels the upstream request). The watch is a read into the session's buffer rather than a
+  // wait for readability: asio arms a wait with an epoll_ctl each time, while a read queued
+  // right after one that emptied the socket costs no system call. What it reads is a pipelined
+  // request, kept in the buffer for read_request() (the watch then ends: the client is there).
   void watch_peer() {
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
-      if (!self->out_) return;
-      beast::error_code ec2;
-      if (ec || self->stream_.socket().available(ec2) == 0) {
-        if (ec == asio::error::operation_aborted) return;
-        self->out_->cancel();
-        self->close();
-      }
+    if (buffer_.size() > 0) return;  // a pipelined request is already here
+    stream_.socket().async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      if (ec == asio::error::operation_aborted) return;  // the response ended first
+      self->buffer_.commit(n);
+      if (!self->out_ || n > 0) return;
+      self->out_->cancel();  // end of stream or an error: the client is gone
+      self->close();
     });
   }
 
@@ -385,7 +392,7 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.close();
   }
 
-  beast::tcp_stream stream_;
+  Stream stream_;
   Server::Impl& srv_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
@@ -408,7 +415,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
 void Server::Impl::accept() {
   asio::io_context& target = *contexts[next_context++ % contexts.size()];
-  acceptor.async_accept(target, [this](beast::error_code ec, tcp::socket sock) {
+  acceptor.async_accept(target, [this](beast::error_code ec, Socket sock) {
     if (stopping) return;
     if (!ec) {
       std::make_shared<Session>(std::move(sock), *this)->start();

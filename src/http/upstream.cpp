@@ -13,13 +13,16 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
 
-using Strand = asio::strand<asio::io_context::executor_type>;
+// The pool's io_context is run by one thread (each of the server's io threads has its own, see
+// http/server.h), so a call's handlers, its stream's timer and a cancel() posted from elsewhere
+// never run concurrently without a strand: a strand would cost a lock and a queue per handler.
+using Executor = asio::io_context::executor_type;
+// Typed on that executor, not the type-erased any_io_executor (copied on every operation).
+using Stream = beast::basic_stream<tcp, Executor>;
 
-// An idle keep-alive connection and the strand its stream was made with: the next call adopts
-// both, so the stream's own timer and the call's handlers never run concurrently.
+// An idle keep-alive connection.
 struct Pooled {
-  Strand strand;
-  std::unique_ptr<beast::tcp_stream> conn;
+  std::unique_ptr<Stream> conn;
 };
 
 struct UpstreamPool::Impl {
@@ -112,7 +115,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
         req_(std::move(req)),
         cb_(std::move(cb)),
         t_(t),
-        strand_(asio::make_strand(pool_->ioc)) {
+        ex_(pool_->ioc.get_executor()) {
     req_.set(bhttp::field::host, key_);
     req_.keep_alive(true);
     req_.prepare_payload();
@@ -121,13 +124,12 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // Runs in send(), before anyone else holds the call.
   void start() {
     if (auto p = pool_->take(key_)) {
-      strand_ = p->strand;
       conn_ = std::move(p->conn);
       reused_ = true;
     } else {
-      conn_ = std::make_unique<beast::tcp_stream>(strand_);
+      conn_ = std::make_unique<Stream>(ex_);
     }
-    asio::dispatch(strand_, [self = shared_from_this()] {
+    asio::dispatch(ex_, [self = shared_from_this()] {
       if (self->reused_) return self->write();
       self->connect();
     });
@@ -135,7 +137,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
 
   void cancel() override {
     auto self = shared_from_this();
-    asio::post(strand_, [self] {
+    asio::post(ex_, [self] {
       if (self->done_) return;
       self->finish("cancelled", self->got_response_, false);
     });
@@ -146,22 +148,22 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     beast::error_code ec;
     auto addr = asio::ip::make_address(host_ == "localhost" ? "127.0.0.1" : host_, ec);
     if (ec) {  // a name: resolve it (replica addresses are normally IPs)
-      resolver_ = std::make_unique<tcp::resolver>(strand_);
+      resolver_ = std::make_unique<tcp::resolver>(ex_);
       resolver_->async_resolve(host_, std::to_string(port_),
-                               asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec2, tcp::resolver::results_type r) {
+                               [self = shared_from_this()](beast::error_code ec2, tcp::resolver::results_type r) {
                                  if (self->done_) return;
                                  if (ec2) return self->finish("cannot resolve " + self->host_ + ": " + ec2.message(), false, false);
                                  self->conn_->expires_after(self->t_.connect);
-                                 self->conn_->async_connect(r, asio::bind_executor(self->strand_, [self](beast::error_code ec3, const tcp::endpoint&) {
+                                 self->conn_->async_connect(r, [self](beast::error_code ec3, const tcp::endpoint&) {
                                    self->on_connect(ec3);
-                                 }));
-                               }));
+                                 });
+                               });
       return;
     }
     conn_->expires_after(t_.connect);
-    conn_->async_connect(tcp::endpoint(addr, port_), asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec2) {
+    conn_->async_connect(tcp::endpoint(addr, port_), [self = shared_from_this()](beast::error_code ec2) {
       self->on_connect(ec2);
-    }));
+    });
   }
 
   void on_connect(beast::error_code ec) {
@@ -174,18 +176,18 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
 
   void write() {
     conn_->expires_after(t_.connect + std::chrono::seconds(30));
-    bhttp::async_write(*conn_, req_, asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    bhttp::async_write(*conn_, req_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (self->done_) return;
       if (ec) return self->retry_or_fail("sending to " + self->key_ + ": " + ec.message());
       self->read_head();
-    }));
+    });
   }
 
   void read_head() {
     parser_.emplace();
     parser_->body_limit(std::uint64_t(1) << 40);  // replies are relayed, never held whole here
     conn_->expires_after(t_.first_byte);
-    bhttp::async_read_header(*conn_, buf_, *parser_, asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    bhttp::async_read_header(*conn_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (self->done_) return;
       if (ec) return self->retry_or_fail("reading from " + self->key_ + ": " + ec.message());
       self->got_response_ = true;
@@ -203,7 +205,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       if (self->cb_.on_head) self->cb_.on_head(head);
       if (self->done_) return;  // on_head may cancel
       self->read_body();
-    }));
+    });
   }
 
   // A stale pooled connection (the upstream closed it while idle) fails before any byte of the
@@ -213,7 +215,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       reused_ = false;
       beast::error_code ec;
       conn_->socket().close(ec);
-      conn_ = std::make_unique<beast::tcp_stream>(strand_);
+      conn_ = std::make_unique<Stream>(ex_);
       buf_.clear();
       connect();
       return;
@@ -226,7 +228,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     parser_->get().body().data = chunk_;
     parser_->get().body().size = sizeof chunk_;
     conn_->expires_after(t_.idle);
-    bhttp::async_read(*conn_, buf_, *parser_, asio::bind_executor(strand_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    bhttp::async_read(*conn_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (self->done_) return;
       if (ec == bhttp::error::need_buffer) ec = {};
       size_t n = sizeof self->chunk_ - self->parser_->get().body().size;
@@ -234,7 +236,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       if (self->done_) return;  // on_data may cancel
       if (ec) return self->finish("reading from " + self->key_ + ": " + ec.message(), true, false);
       self->read_body();
-    }));
+    });
   }
 
   void finish(const std::string& err, bool got_response, bool reusable) {
@@ -242,7 +244,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     done_ = true;
     if (reusable && buf_.size() == 0) {
       conn_->expires_never();
-      pool_->put(key_, Pooled{strand_, std::move(conn_)});
+      pool_->put(key_, Pooled{std::move(conn_)});
       conn_ = nullptr;
     } else {
       beast::error_code ec;
@@ -261,8 +263,8 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   Request req_;
   UpstreamCallbacks cb_;
   UpstreamTimeouts t_;
-  Strand strand_;  // every handler of this call (and its stream's timer) runs here
-  std::unique_ptr<beast::tcp_stream> conn_;
+  Executor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
+  std::unique_ptr<Stream> conn_;
   std::unique_ptr<tcp::resolver> resolver_;
   beast::flat_buffer buf_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;

@@ -1,6 +1,7 @@
 // An asynchronous HTTP/1.1 client for the gateway's upstreams (model replicas): keep-alive
 // connections pooled per host:port, the response delivered as it arrives (head, then body pieces,
-// then done), cancellable at any point. It runs on the server's io_context and never blocks a
+// then done), cancellable at any point. It runs on an io_context that one thread runs (each of the
+// server's io threads has its own: the pool relies on that instead of strands) and never blocks a
 // thread, so thousands of streams in flight cost sockets and buffers, not threads.
 #pragma once
 #include <chrono>

@@ -134,32 +134,51 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
 }
 
 void Meter::record(const UsageRecord& r, std::function<void(bool)> on_durable) {
-  thread_local std::string frame;
+  thread_local std::vector<Pending> one;
+  one.push_back({r, std::move(on_durable)});
+  record_batch(one);
+}
+
+void Meter::record_batch(std::vector<Pending>& batch) {
+  if (batch.empty()) return;
+  thread_local std::string frames;
+  thread_local std::vector<uint64_t> ends;
   auto t0 = std::chrono::steady_clock::now();
   std::unique_lock lk(mu_);
   Segment& s = *active_;
-  frame.clear();
-  journal::encode(r, s.number, frame);
-  if (!pwrite_all(s.fd, frame, s.size)) {
-    // The size is not advanced: the next record overwrites whatever part of this one got out.
+  frames.clear();
+  ends.clear();
+  for (const auto& p : batch) {
+    journal::encode(p.record, s.number, frames);
+    ends.push_back(s.size + frames.size());
+  }
+  if (!pwrite_all(s.fd, frames, s.size)) {
+    // The size is not advanced: the next write overwrites whatever part of these got out.
     std::string err = sys_error("write " + s.path);
     lk.unlock();
-    spdlog::error("metering: could not journal the usage record of {}: {}", r.request_id, err);
-    if (on_durable) on_durable(false);
+    for (auto& p : batch) {
+      spdlog::error("metering: could not journal the usage record of {}: {}", p.record.request_id, err);
+      if (p.on_durable) p.on_durable(false);
+    }
+    batch.clear();
     return;
   }
-  s.size += frame.size();
+  s.size += frames.size();
   if (opts_.fsync) {
-    s.waiters.push_back({s.size, std::move(on_durable)});
+    for (size_t i = 0; i < batch.size(); ++i) s.waiters.push_back({ends[i], std::move(batch[i].on_durable)});
     lk.unlock();
+    batch.clear();
     sync_cv_.notify_one();
     return;
   }
   lk.unlock();
-  ++committed_;
+  committed_ += int64_t(batch.size());
   ++commits_;
   commit_us_ += micros_since(t0);
-  if (on_durable) on_durable(true);
+  for (auto& p : batch) {
+    if (p.on_durable) p.on_durable(true);
+  }
+  batch.clear();
 }
 
 void Meter::complete(Segment& s, uint64_t upto, bool ok) {

@@ -5,9 +5,13 @@
 #include <boost/asio.hpp>
 #include <sys/stat.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <iostream>
 
 #include "api/app.h"
@@ -67,18 +71,39 @@ static void ensure_operator_key(Store& store, const fs::path& data_dir, bool pri
   }
 }
 
-static void schedule_flush(boost::asio::steady_timer& t, AuthService& auth) {
-  t.expires_after(std::chrono::seconds(2));
-  t.async_wait([&t, &auth](boost::system::error_code ec) {
-    if (ec) return;
-    try {
-      auth.flush_last_used();
-    } catch (const std::exception& e) {
-      spdlog::warn("could not record API key last_used_at: {}", e.what());
+// Writes API keys' last_used_at every 2 s on a thread of its own: the write waits for the store's
+// writer lock (and an fsync), which on an io thread would stall every connection it serves.
+class LastUsedFlusher {
+ public:
+  explicit LastUsedFlusher(AuthService& auth) : auth_(auth), thread_([this] { run(); }) {}
+  ~LastUsedFlusher() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
     }
-    schedule_flush(t, auth);
-  });
-}
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void run() {
+    std::unique_lock lk(mu_);
+    while (!cv_.wait_for(lk, std::chrono::seconds(2), [this] { return stop_; })) {
+      lk.unlock();
+      try {
+        auth_.flush_last_used();
+      } catch (const std::exception& e) {
+        spdlog::warn("could not record API key last_used_at: {}", e.what());
+      }
+      lk.lock();
+    }
+  }
+  AuthService& auth_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 int server_command(int argc, char** argv) {
   if (std::string(argv[0]) == "up") return up_command(argc, argv);  // server + agent + model (up.h)
@@ -197,8 +222,7 @@ int server_command(int argc, char** argv) {
     controller.start();
     DeploymentController deployments(*store, replicas);
     deployments.start();
-    boost::asio::steady_timer flush_timer(server.io());
-    schedule_flush(flush_timer, app.auth());
+    std::optional<LastUsedFlusher> last_used(std::in_place, app.auth());
 
     std::cout << "aicloud server listening on " << url << " (data dir " << data_dir << ")\n";
     if (up) {
@@ -216,7 +240,7 @@ int server_command(int argc, char** argv) {
     server.run();
     deployments.stop();
     controller.stop();
-    flush_timer.cancel();
+    last_used.reset();
     app.auth().flush_last_used();
     spdlog::info("stopped");
     spdlog::shutdown();
