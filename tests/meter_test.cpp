@@ -11,6 +11,8 @@
 #include <fstream>
 #include <thread>
 
+#include <boost/asio.hpp>
+
 #include "metering/journal.h"
 #include "metering/meter.h"
 #include "store/store.h"
@@ -165,6 +167,51 @@ TEST_P(MeterModes, AcknowledgedRecordsSurviveKill9AndAreFoldedOnceOnRestart) {
   }
   Meter again(*store, options(d, GetParam()));
   EXPECT_EQ(totals(*store).requests, recovered) << "a second restart folded a segment again";
+}
+
+// An io thread's batch: records finished in one turn of the event loop are journaled with one
+// write, each acknowledged only after it; one finished alone is one write; the batch's destructor
+// journals what it still holds.
+TEST_P(MeterModes, ABatchJournalsOneLoopTurnWithOneWrite) {
+  TempDir d;
+  auto store = open_store(d, GetParam());
+  Meter m(*store, options(d, GetParam(), 3600s));
+  boost::asio::io_context io(1);
+  std::atomic<int> acked{0};
+  auto wait_acked = [&](int n) {  // under fsync the syncer thread acknowledges, a little later
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (acked < n && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+    return acked.load();
+  };
+  {
+    MeterBatch batch(m, [&io](std::function<void()> f) { boost::asio::post(io, std::move(f)); });
+    // One turn: 10 handlers queued together each finish a request.
+    for (int i = 0; i < 10; ++i) {
+      boost::asio::post(io, [&, i] {
+        batch.add(record(i), [&](bool ok) { acked += ok; });
+        EXPECT_EQ(m.records_committed(), 0) << "acknowledged before the turn's write";
+      });
+    }
+    io.run();
+    io.restart();
+    EXPECT_EQ(wait_acked(10), 10);
+    if (!GetParam()) {
+      EXPECT_EQ(m.commits(), 1);  // one pwrite for the ten (write-only mode)
+    }
+    // Alone: one record, one write, acknowledged in the same run.
+    boost::asio::post(io, [&] { batch.add(record(10), [&](bool ok) { acked += ok; }); });
+    io.run();
+    io.restart();
+    EXPECT_EQ(wait_acked(11), 11);
+    if (!GetParam()) {
+      EXPECT_EQ(m.commits(), 2);
+    }
+    // Gathered while the io thread no longer runs: the destructor journals it.
+    batch.add(record(11), [&](bool ok) { acked += ok; });
+  }
+  EXPECT_EQ(wait_acked(12), 12);
+  m.flush();
+  EXPECT_EQ(totals(*store).requests, 12);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sync, MeterModes, ::testing::Bool(),

@@ -571,14 +571,22 @@ TEST(Store, WalIsCheckpointedInTheBackground) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_GE(size(db_path(d)), 3'200'000u) << "the WAL was not checkpointed into the database file";
-  // Writers restart the WAL once it is all checkpointed: it stays near the checkpoint threshold.
+  // Writers restart the WAL once it is all checkpointed, and a restart truncates the file to the
+  // journal size limit: however far a burst (here ~25 MB of frames) outran the checkpointer on a
+  // busy machine, the WAL comes back near the threshold as soon as writes let it.
   for (int i = 0; i < 1500; ++i) {
     Object o = widget("v_" + std::to_string(i));
     o.data = {{"blob", big}};
     s->write([&](Tx& tx) { tx.insert(o); });
   }
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (int i = 0; size(db_path(d) + "-wal") >= 24'000'000u && std::chrono::steady_clock::now() < deadline; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    Object small = widget("small_" + std::to_string(i));
+    s->write([&](Tx& tx) { tx.insert(small); });
+  }
   EXPECT_LT(size(db_path(d) + "-wal"), 24'000'000u);
   ListQuery q;
   q.kind = "widget";
-  EXPECT_EQ(s->read([&](Tx& tx) { return tx.all(q); }).size(), 2300u);
+  EXPECT_GE(s->read([&](Tx& tx) { return tx.all(q); }).size(), 2300u);
 }

@@ -38,6 +38,9 @@ class Conn {
     exec("PRAGMA journal_mode=WAL");
     exec(sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
     exec("PRAGMA foreign_keys=ON");
+    // A burst of writes that outran the checkpointer leaves the WAL file large; each reset after a
+    // full checkpoint truncates it back to this size instead of keeping the high-water mark.
+    exec("PRAGMA journal_size_limit=16777216");
   }
   ~Conn() {
     for (auto& [_, s] : stmts_) sqlite3_finalize(s);
