@@ -89,10 +89,18 @@ TEST(Executor, StopKillsTheWholeTreeAndEscalates) {
   Executor ex(d.path(), aicloud_binary());
   std::string err;
   // A tree: the shell, a background sleep, and a foreground sleep; TERM ends it gracefully.
-  ASSERT_TRUE(ex.start(spec("asg_tree", {"trap 'echo got TERM; exit 0' TERM; sleep 300 & sleep 300 & wait"}), &err));
+  ASSERT_TRUE(ex.start(spec("asg_tree", {"trap 'echo got TERM; exit 0' TERM; echo ready; sleep 300 & sleep 300 & wait"}), &err));
   // One that ignores SIGTERM must be SIGKILLed after the grace period.
-  ASSERT_TRUE(ex.start(spec("asg_stubborn", {"trap '' TERM; sleep 300 & wait"}), &err));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(ex.start(spec("asg_stubborn", {"trap '' TERM; echo ready; sleep 300 & wait"}), &err));
+  // Stopped only once both have set their traps (a slow start, under a sanitizer, takes longer
+  // than any fixed pause).
+  for (const char* id : {"asg_tree", "asg_stubborn"}) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (log_of(ex, id).find("ready") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_NE(log_of(ex, id).find("ready"), std::string::npos) << id << " did not start";
+  }
   ASSERT_EQ(ex.state("asg_tree").phase, ProcessState::kRunning);
   pid_t tree = ex.state("asg_tree").pgid;
   int64_t t0 = now_ms();
