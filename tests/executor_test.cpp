@@ -187,7 +187,12 @@ TEST(Executor, ARestartRequestEndsTheRunAndStartsItAgain) {
   auto s = spec("asg_r", {"echo run; sleep 300 & wait"});
   s.restart_always = true;
   ASSERT_TRUE(ex.start(s, &err)) << err;
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The restart request goes to a run that has begun (not to a supervisor still starting).
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (log_of(ex, "asg_r").find("run\n") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_NE(log_of(ex, "asg_r").find("run\n"), std::string::npos) << "the run did not start";
   ex.restart("asg_r", "the health check failed");
   ProcessState st;
   for (int i = 0; i < 200 && st.restarts < 1; ++i) {
