@@ -325,7 +325,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     rec.ts_ms = now_ms();
     rec.latency_ms = rec.ts_ms - t0_ms;
     auto self = shared_from_this();
-    // Journaled with whatever else this io thread finishes in the same turn (MeterBatch).
+    // Journaled with whatever else this io thread finishes in the same turn (MeterBatch). rec is
+    // not read again; its status (an int) stays set, so a second finish_record still returns.
     lane.meter->add(std::move(rec), [self, deliver = std::move(deliver)](bool durable) {
       if (!deliver) return;
       if (durable) return deliver();
@@ -343,11 +344,11 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
 };
 
 Gateway::Gateway(std::vector<asio::io_context*> ios, Meter& meter, ReplicaDirectory& dir, GatewayOptions opts)
-    : meter_(meter), dir_(dir), opts_(opts) {
+    : dir_(dir), opts_(opts) {
   if (ios.empty()) throw std::invalid_argument("Gateway: no io_context");
   for (auto* io : ios) {
     auto post = [io](std::function<void()> f) { asio::post(*io, std::move(f)); };
-    lanes_.push_back(Lane{io, std::make_unique<http::UpstreamPool>(*io), std::make_unique<MeterBatch>(meter_, post)});
+    lanes_.push_back(Lane{io, std::make_unique<http::UpstreamPool>(*io), std::make_unique<MeterBatch>(meter, post)});
   }
 }
 

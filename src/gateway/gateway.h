@@ -56,7 +56,6 @@ class Gateway {
   Lane& this_lane();  // the calling thread's, else the first
 
   std::vector<Lane> lanes_;
-  Meter& meter_;
   ReplicaDirectory& dir_;
   GatewayOptions opts_;
   std::unique_ptr<RateLimiter> limiter_;  // made by add_routes from the App's store

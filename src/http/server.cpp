@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "http/io_types.h"
 #include "http/stream.h"
 #include "util/log.h"
 
@@ -23,12 +24,6 @@ namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
 
 class Session;
-
-// Sockets and streams typed on the io_context's own executor rather than asio's type-erased
-// any_io_executor, which is copied and destroyed on every operation (~2% of the gateway's CPU).
-using Executor = asio::io_context::executor_type;
-using Socket = asio::basic_stream_socket<tcp, Executor>;
-using Stream = beast::basic_stream<tcp, Executor>;
 
 // One io_context per thread, each run by its own thread (as nginx runs its workers): a
 // connection lives on one thread from accept to close, so its handlers need no strand and no
@@ -89,7 +84,9 @@ constexpr size_t kReadAhead = 64 * 1024;
 // A field whose name or value could split the response (CR, LF, or a name that is not a token)
 // is dropped.
 enum class Framing { kLength, kChunked };
-std::string response_head(unsigned version, unsigned status, std::string_view content_type,
+// Statuses whose responses carry no body (RFC 9110 §6.4.1).
+static bool bodiless(unsigned status) { return status < 200 || status == 204 || status == 304; }
+static std::string response_head(unsigned version, unsigned status, std::string_view content_type,
                           const std::vector<std::pair<std::string, std::string>>& fields, bool close,
                           Framing framing, uint64_t content_length) {
   auto same = [](std::string_view a, std::string_view b) {
@@ -126,10 +123,9 @@ std::string response_head(unsigned version, unsigned status, std::string_view co
     h.append(name).append(": ").append(value).append("\r\n");
   }
   if (!content_type.empty() && clean(content_type)) h.append("Content-Type: ").append(content_type).append("\r\n");
-  bool no_body = status < 200 || status == 204 || status == 304;
   if (framing == Framing::kChunked) {
     h += "Transfer-Encoding: chunked\r\n";
-  } else if (!no_body) {
+  } else if (!bodiless(status)) {
     h.append("Content-Length: ").append(std::to_string(content_length)).append("\r\n");
   }
   if (version == 10 && !close) h += "Connection: keep-alive\r\n";
@@ -140,7 +136,7 @@ std::string response_head(unsigned version, unsigned status, std::string_view co
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(Socket sock, Server::Impl& srv)
+  Session(TcpSocket sock, Server::Impl& srv)
       : stream_(std::move(sock)), srv_(srv), buffer_(srv.opts.header_limit + kReadAhead) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
@@ -399,9 +395,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void write(Response r, unsigned version) {
     if (!r.file_path.empty()) return write_file(std::move(r), version);
     bool close_after = r.close;
-    bool no_body = r.status < 200 || r.status == 204 || r.status == 304;
     writing_ = response_head(version, r.status, r.content_type, r.headers, close_after, Framing::kLength, r.body.size());
-    body_ = no_body ? std::string() : std::move(r.body);
+    body_ = bodiless(r.status) ? std::string() : std::move(r.body);
     std::array<asio::const_buffer, 2> bufs{asio::buffer(writing_), asio::buffer(body_)};
     stream_.expires_after(std::chrono::seconds(30));
     asio::async_write(stream_, bufs, [self = shared_from_this(), close_after](beast::error_code ec, size_t) {
@@ -424,7 +419,7 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.close();
   }
 
-  Stream stream_;
+  TcpStream stream_;
   Server::Impl& srv_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
@@ -445,7 +440,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
 void Server::Impl::accept() {
   asio::io_context& target = *contexts[next_context++ % contexts.size()];
-  acceptor.async_accept(target, [this](beast::error_code ec, Socket sock) {
+  acceptor.async_accept(target, [this](beast::error_code ec, TcpSocket sock) {
     if (stopping) return;
     if (!ec) {
       std::make_shared<Session>(std::move(sock), *this)->start();

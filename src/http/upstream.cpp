@@ -7,6 +7,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "http/io_types.h"
+
 namespace aicloud::http {
 
 namespace asio = boost::asio;
@@ -16,14 +18,7 @@ using tcp = asio::ip::tcp;
 // The pool's io_context is run by one thread (each of the server's io threads has its own, see
 // http/server.h), so a call's handlers, its stream's timer and a cancel() posted from elsewhere
 // never run concurrently without a strand: a strand would cost a lock and a queue per handler.
-using Executor = asio::io_context::executor_type;
-// Typed on that executor, not the type-erased any_io_executor (copied on every operation).
-using Stream = beast::basic_stream<tcp, Executor>;
-
-// An idle keep-alive connection.
-struct Pooled {
-  std::unique_ptr<Stream> conn;
-};
+using Pooled = std::unique_ptr<TcpStream>;  // an idle keep-alive connection
 
 struct UpstreamPool::Impl {
   asio::io_context& ioc;
@@ -33,10 +28,10 @@ struct UpstreamPool::Impl {
 
   Impl(asio::io_context& i, size_t m) : ioc(i), max_idle(m) {}
 
-  std::optional<Pooled> take(const std::string& key) {
+  Pooled take(const std::string& key) {  // nullptr: none idle
     std::lock_guard lk(mu);
     auto it = idle.find(key);
-    if (it == idle.end() || it->second.empty()) return std::nullopt;
+    if (it == idle.end() || it->second.empty()) return nullptr;
     Pooled p = std::move(it->second.back());
     it->second.pop_back();
     return p;
@@ -124,10 +119,10 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // Runs in send(), before anyone else holds the call.
   void start() {
     if (auto p = pool_->take(key_)) {
-      conn_ = std::move(p->conn);
+      conn_ = std::move(p);
       reused_ = true;
     } else {
-      conn_ = std::make_unique<Stream>(ex_);
+      conn_ = std::make_unique<TcpStream>(ex_);
     }
     asio::dispatch(ex_, [self = shared_from_this()] {
       if (self->reused_) return self->write();
@@ -215,7 +210,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       reused_ = false;
       beast::error_code ec;
       conn_->socket().close(ec);
-      conn_ = std::make_unique<Stream>(ex_);
+      conn_ = std::make_unique<TcpStream>(ex_);
       buf_.clear();
       connect();
       return;
@@ -244,7 +239,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     done_ = true;
     if (reusable && buf_.size() == 0) {
       conn_->expires_never();
-      pool_->put(key_, Pooled{std::move(conn_)});
+      pool_->put(key_, std::move(conn_));
       conn_ = nullptr;
     } else {
       beast::error_code ec;
@@ -263,8 +258,8 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   Request req_;
   UpstreamCallbacks cb_;
   UpstreamTimeouts t_;
-  Executor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
-  std::unique_ptr<Stream> conn_;
+  IoExecutor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
+  std::unique_ptr<TcpStream> conn_;
   std::unique_ptr<tcp::resolver> resolver_;
   beast::flat_buffer buf_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;

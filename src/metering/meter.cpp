@@ -134,7 +134,7 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
 }
 
 void Meter::record(const UsageRecord& r, std::function<void(bool)> on_durable) {
-  thread_local std::vector<Pending> one;
+  std::vector<Pending> one;  // not thread_local: an on_durable that records again would reuse it
   one.push_back({r, std::move(on_durable)});
   record_batch(one);
 }
