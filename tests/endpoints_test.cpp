@@ -129,13 +129,35 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
     EXPECT_EQ(canned.last_target, "/v1/chat/completions");
   }
   // Streamed, with the usage chunk passed on when asked for.
-  json s = chat();
-  s["stream"] = true;
-  s["stream_options"] = {{"include_usage", true}};
-  auto st = pa.call("POST", "/v1/chat/completions", s);
+  // (Written by hand, spaced and ordered unlike a re-serialisation, to see it arrive unchanged.)
+  const std::string s =
+      R"({ "stream_options": {"include_usage": true}, "model": "partner-echo", "stream": true,)"
+      R"( "messages": [ {"role": "user", "content": "hello"} ] })";
+  auto st = c->request("POST", "/v1/chat/completions", s,
+                       {{"Authorization", "Bearer " + a.project_key}, {"Content-Type", "application/json"}});
   ASSERT_EQ(st.status, 200u) << st.body;
   EXPECT_NE(st.body.find("\"prompt_tokens\":7"), std::string::npos) << st.body;
   EXPECT_NE(st.body.find("data: [DONE]"), std::string::npos) << st.body;
+  {
+    std::lock_guard lk(canned.mu);
+    EXPECT_EQ(canned.last_body, s) << "a stream that asks for usage is forwarded as sent";
+  }
+  // Not asked for: the gateway asks on the client's behalf (to meter it) and hides that chunk.
+  json s2 = chat();
+  s2["stream"] = true;
+  auto st2 = pa.call("POST", "/v1/chat/completions", s2);
+  ASSERT_EQ(st2.status, 200u) << st2.body;
+  EXPECT_EQ(st2.body.find("\"usage\""), std::string::npos) << st2.body;
+  EXPECT_NE(st2.body.find("data: [DONE]"), std::string::npos) << st2.body;
+  {
+    std::lock_guard lk(canned.mu);
+    json sent = json::parse(canned.last_body);
+    EXPECT_EQ(sent["stream_options"]["include_usage"], true) << canned.last_body;
+  }
+  auto bad_so = pa.call("POST", "/v1/chat/completions", json{{"model", "partner-echo"}, {"stream", true},
+                                                             {"messages", chat()["messages"]}, {"stream_options", "usage"}});
+  EXPECT_EQ(bad_so.status, 400u) << bad_so.body;
+  EXPECT_EQ(json::parse(bad_so.body)["error"]["param"], "stream_options") << bad_so.body;
 
   // Listed for A; invisible to B.
   json models = pa.get("/v1/models");
@@ -155,9 +177,9 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   int64_t day = int64_t(time(nullptr)) / 86400 * 86400;
   json u = tenant.get("/v1/organization/usage/completions?start_time=" + std::to_string(day) + "&limit=1");
   ASSERT_EQ(u["data"][0]["results"].size(), 1u) << u.dump();
-  EXPECT_EQ(u["data"][0]["results"][0]["num_model_requests"], 2);
-  EXPECT_EQ(u["data"][0]["results"][0]["input_tokens"], 14);
-  EXPECT_EQ(u["data"][0]["results"][0]["output_tokens"], 6);
+  EXPECT_EQ(u["data"][0]["results"][0]["num_model_requests"], 3);
+  EXPECT_EQ(u["data"][0]["results"][0]["input_tokens"], 21);
+  EXPECT_EQ(u["data"][0]["results"][0]["output_tokens"], 9);
 
   // Deleted: gone from the gateway within a round or two.
   op.del("/admin/v1/endpoints/" + ep["id"].get<std::string>());

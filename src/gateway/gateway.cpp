@@ -389,6 +389,9 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
     if (!s->is_boolean()) throw ApiError(400, "invalid_request_error", "'stream' must be a boolean.", "invalid_type", "stream");
     stream = s->get<bool>();
   }
+  if (auto so = body.find("stream_options"); so != body.end() && !so->is_null() && !so->is_object()) {
+    throw ApiError(400, "invalid_request_error", "'stream_options' must be an object.", "invalid_type", "stream_options");
+  }
   if (stream && ep == "embeddings") {
     throw ApiError(400, "invalid_request_error", "Embeddings cannot be streamed.", "invalid_value", "stream");
   }
@@ -447,9 +450,14 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   ex->stream = stream;
   if (stream) {
     auto so = body.find("stream_options");
-    ex->client_wants_usage = so != body.end() && so->is_object() && so->value("include_usage", false);
-    body["stream_options"]["include_usage"] = true;  // the gateway meters every stream
-    ex->body = dump_json(body);
+    const json* iu = so != body.end() && so->is_object() && so->contains("include_usage") ? &(*so)["include_usage"] : nullptr;
+    ex->client_wants_usage = iu && iu->is_boolean() && iu->get<bool>();
+    if (ex->client_wants_usage) {
+      ex->body = std::string(c.req.body());  // it asks for usage already: forwarded unchanged
+    } else {
+      body["stream_options"]["include_usage"] = true;  // the gateway meters every stream
+      ex->body = dump_json(body);
+    }
   } else {
     ex->body = std::string(c.req.body());  // unchanged: forwarded as the client sent it
   }

@@ -27,22 +27,34 @@ void ReplicaDirectory::set(Deployment d) {
         }
       }
     }
-    deployments_[d.id] = std::move(d);
+    if (old != deployments_.end()) unindex(old->second);  // (its model may have changed)
+    Deployment& stored = deployments_[d.id];
+    stored = std::move(d);
+    by_model_[stored.model].push_back(&stored);
   }
   for (auto& f : ready) f();
 }
 
+void ReplicaDirectory::unindex(const Deployment& d) {
+  auto it = by_model_.find(d.model);
+  if (it == by_model_.end()) return;
+  std::erase(it->second, &d);
+  if (it->second.empty()) by_model_.erase(it);
+}
+
 void ReplicaDirectory::remove(const std::string& deployment_id) {
   std::lock_guard lk(mu_);
-  deployments_.erase(deployment_id);
+  auto it = deployments_.find(deployment_id);
+  if (it == deployments_.end()) return;
+  unindex(it->second);
+  deployments_.erase(it);
 }
 
 bool ReplicaDirectory::serves(const std::string& model, const std::string& org) const {
   std::lock_guard lk(mu_);
-  for (const auto& [id, d] : deployments_) {
-    if (usable(d, model, org)) return true;
-  }
-  return false;
+  bool found = false;
+  for_each_usable(model, org, [&](const Deployment&) { found = true; });
+  return found;
 }
 
 std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::string& org,
@@ -51,8 +63,7 @@ std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::
   const Replica* best = nullptr;
   const Deployment* best_dep = nullptr;
   int best_load = 0;
-  for (const auto& [id, d] : deployments_) {
-    if (!usable(d, model, org)) continue;
+  for_each_usable(model, org, [&](const Deployment& d) {
     for (const auto& r : d.replicas) {
       if (std::find(exclude.begin(), exclude.end(), r.id) != exclude.end()) continue;
       int load = r.outstanding->load();
@@ -62,7 +73,7 @@ std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::
         best_load = load;
       }
     }
-  }
+  });
   if (!best) return std::nullopt;
   best->outstanding->fetch_add(1);
   int total = 0;
@@ -83,9 +94,7 @@ void ReplicaDirectory::wake(const std::string& model, const std::string& org) co
   {
     std::lock_guard lk(mu_);
     f = wake_;
-    for (const auto& [id, d] : deployments_) {
-      if (usable(d, model, org)) ids.push_back(id);
-    }
+    for_each_usable(model, org, [&](const Deployment& d) { ids.push_back(d.id); });
   }
   if (f) {
     for (const auto& id : ids) f(id);

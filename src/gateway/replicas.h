@@ -3,7 +3,8 @@
 // away; the gateway reads it on every request without touching the store.
 //
 // Picking is least-outstanding-requests among the ready replicas of the deployments that the
-// caller's organization may use, in the regions the request may use.
+// caller's organization may use, in the regions the request may use. Deployments are indexed by
+// model name, so a request looks only at the deployments of its model however many there are.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -73,8 +74,21 @@ class ReplicaDirectory {
   static bool usable(const Deployment& d, const std::string& model, const std::string& org) {
     return d.model == model && (d.owner_org.empty() || d.owner_org == org);
   }
+  // The deployments usable by `org` under the name `model` (from the index; under mu_).
+  template <typename F>
+  void for_each_usable(const std::string& model, const std::string& org, F&& f) const {
+    auto it = by_model_.find(model);
+    if (it == by_model_.end()) return;
+    for (const Deployment* d : it->second) {
+      if (d->owner_org.empty() || d->owner_org == org) f(*d);
+    }
+  }
+  void unindex(const Deployment& d);
+
   mutable std::mutex mu_;
   std::map<std::string, Deployment> deployments_;
+  // model name -> its deployments (pointers into deployments_, whose nodes do not move).
+  std::map<std::string, std::vector<const Deployment*>, std::less<>> by_model_;
   mutable std::map<std::string, int> peak_;  // deployment -> most in flight since the last look
   std::function<void(const std::string&)> wake_;
   struct Waiter {
