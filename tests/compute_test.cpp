@@ -91,6 +91,17 @@ class Compute : public ::testing::Test {
     ADD_FAILURE() << "timed out waiting for " << phase << " on " << path << ": " << w.dump();
     return w;
   }
+  // Until the workload's log has `text` (logs are shipped in chunks while it runs).
+  bool wait_log(Api& api, const std::string& path, const std::string& text, int ms = 20000) {
+    std::string log;
+    for (int t = 0; t < ms; t += 50) {
+      log = api.get(path + "/logs")["text"];
+      if (log.find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "timed out waiting for '" << text << "' in the log of " << path << ": " << log;
+    return false;
+  }
 
   TempDir work;
   ServerProcess srv;
@@ -140,10 +151,11 @@ TEST_F(Compute, SpotIsPreemptedWithNoticeByOnDemand) {
   Api p{*c, tenant.project_key, ""};
   json spot = p.post("/v1/compute/instances",
                      {{"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"gpus", 8}, {"class", "spot"},
-                      {"command", "trap 'echo notice received; exit 0' TERM; while true; do sleep 0.1; done"}},
+                      {"command", "trap 'echo notice received; exit 0' TERM; echo ready; while true; do sleep 0.1; done"}},
                      201);
   std::string spath = "/v1/compute/instances/" + spot["id"].get<std::string>();
   wait_phase(p, spath, "running");
+  wait_log(p, spath, "ready");  // its trap is set: a notice now is heard
   json od = p.post("/v1/compute/instances",
                    {{"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"gpus", 4}, {"command", "sleep 60"}}, 201);
   std::string opath = "/v1/compute/instances/" + od["id"].get<std::string>();
@@ -151,7 +163,7 @@ TEST_F(Compute, SpotIsPreemptedWithNoticeByOnDemand) {
   EXPECT_NE(pre["status"]["reason"].get<std::string>().find("preempted by " + od["id"].get<std::string>()),
             std::string::npos) << pre.dump();
   wait_phase(p, opath, "running");
-  EXPECT_NE(p.get(spath + "/logs")["text"].get<std::string>().find("notice received"), std::string::npos);
+  wait_log(p, spath, "notice received");
   p.post(opath + "/stop", json::object());
   wait_phase(p, opath, "stopped");
 }

@@ -30,6 +30,7 @@
 
 #include "capacity/leases.h"
 #include "support/server_process.h"
+#include "support/timing.h"
 
 using namespace aicloud;
 using namespace aicloud::test;
@@ -228,10 +229,10 @@ TEST_F(Longpoll, IdleAgentStartsStopsAndExecsPromptly) {
   ASSERT_EQ(pickup.size(), 5u);
   // Polling every 500 ms made these up to 500 ms longer (250 ms on average). The scheduler's
   // round (every 200 ms) is in create -> running; the pickup itself is a few milliseconds.
-  EXPECT_LT(median(pickup), 150) << agent.log();
-  EXPECT_LT(median(created_to_running), 300) << agent.log();
-  EXPECT_LT(median(exec_to_done), 300) << agent.log();
-  EXPECT_LT(median(stop_to_stopped), 300) << agent.log();
+  EXPECT_LT(median(pickup), 150 * kTimeScale) << agent.log();
+  EXPECT_LT(median(created_to_running), 300 * kTimeScale) << agent.log();
+  EXPECT_LT(median(exec_to_done), 300 * kTimeScale) << agent.log();
+  EXPECT_LT(median(stop_to_stopped), 300 * kTimeScale) << agent.log();
 }
 
 TEST_F(Longpoll, IdleAgentSendsFewRequests) {

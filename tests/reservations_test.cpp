@@ -50,8 +50,9 @@ class Agent {
   pid_t pid_ = -1;
 };
 
-// A spot workload that says when it gets its notice.
-const char* kTrapTerm = "trap 'echo notice received; exit 0' TERM; while true; do sleep 0.1; done";
+// A spot workload that says when it gets its notice, and (first) that it is listening for it:
+// a notice sent before the trap is set would end it silently.
+const char* kTrapTerm = "trap 'echo notice received; exit 0' TERM; echo ready; while true; do sleep 0.1; done";
 
 class Reservations : public ::testing::Test {
  protected:
@@ -173,6 +174,9 @@ TEST_F(Reservations, HonouredWhileSpotFillsTheIdlePart) {
   std::string s2 = instance(pc, {{"gpus", 8}, {"class", "spot"}, {"command", kTrapTerm}});
   wait_phase(pc, s1, "running");
   wait_phase(pc, s2, "running");
+  for (const auto& s : {s1, s2}) {
+    wait_for(pc, s + "/logs", [](const json& l) { return contains(l["text"], "ready"); }, "ready in " + s + "'s log");
+  }
 
   // acme's reserved work takes its 8 GPUs back from one of them, which gets its notice.
   std::string a2 = instance(pa, {{"gpus", 8}, {"class", "reserved"}, {"command", "sleep 300"}});

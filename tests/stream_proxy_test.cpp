@@ -45,7 +45,14 @@ class Upstream : public Handler {
     }
     auto s = std::make_shared<ResponseStream>();
     r.stream = s;
-    if (req.target() == "/stream") {
+    if (req.target() == "/quick") {  // a short stream that ends within 2 ms
+      std::thread([s, delay = std::chrono::microseconds(std::hash<std::string>{}(req.body()) % 2000)] {
+        std::this_thread::sleep_for(delay);
+        s->head(200, "text/event-stream", {});
+        s->write("data: 1\n\n");
+        s->end();
+      }).detach();
+    } else if (req.target() == "/stream") {
       std::thread([s] {
         s->head(200, "text/event-stream", {{"x-upstream", "yes"}});
         for (int i = 0; i < 5; ++i) {
@@ -197,6 +204,57 @@ TEST_F(StreamProxy, ClientDisconnectCancelsTheUpstreamCall) {
   // Both servers keep serving.
   Client c(proxy_srv->url());
   EXPECT_EQ(c.request("POST", "/whole", "1", {{"Content-Type", "application/json"}}).status, 200u);
+}
+
+// The server watches a connection for a client that goes away only once a response has been in
+// the making for a while (http/server.cpp). A request that arrives during a streamed response,
+// before the watch or while it reads, is kept and answered after it, in order.
+TEST_F(StreamProxy, RequestsPipelinedDuringAStreamAreAnsweredInOrder) {
+  RawConn conn(proxy_srv->url());
+  // Both at once: the second is in the session's buffer before the stream begins.
+  ASSERT_TRUE(conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\nPOST /whole HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1"));
+  RawResponse r1 = conn.read_response(10s);
+  ASSERT_TRUE(r1.got_response);
+  EXPECT_NE(r1.body.find("data: [DONE]"), std::string::npos);
+  RawResponse r2 = conn.read_response(10s);
+  ASSERT_TRUE(r2.got_response);
+  EXPECT_EQ(r2.body, R"({"ok":true,"echo":1})");
+  // The second arrives mid-stream, after the watch has begun reading.
+  ASSERT_TRUE(conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(conn.send("POST /whole HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n2"));
+  RawResponse r3 = conn.read_response(10s);
+  ASSERT_TRUE(r3.got_response);
+  EXPECT_NE(r3.body.find("data: [DONE]"), std::string::npos);
+  RawResponse r4 = conn.read_response(10s);
+  ASSERT_TRUE(r4.got_response);
+  EXPECT_EQ(r4.body, R"({"ok":true,"echo":2})");
+  EXPECT_EQ(proxy.client_gone.load(), 0);
+}
+
+// Short streams back to back on kept-alive connections, ending around the moment the watch is
+// armed: each next request is read (a response that ends while the watch reads must not leave
+// two reads on one connection, or none).
+TEST_F(StreamProxy, ShortStreamsBackToBackAllComplete) {
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 8; ++t) {
+    clients.emplace_back([&, t] {
+      RawConn conn(proxy_srv->url());
+      for (int i = 0; i < 250; ++i) {
+        std::string body = std::to_string(t * 1000 + i);
+        if (!conn.send("POST /quick HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
+                       "\r\n\r\n" + body)) {
+          return;
+        }
+        RawResponse r = conn.read_response(5s);
+        if (!r.got_response || r.body != "data: 1\n\n") return;
+        ++ok;
+      }
+    });
+  }
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(ok.load(), 8 * 250);
 }
 
 TEST_F(StreamProxy, FileBodiesAreSentFromDiskWithTheirRangeAndKeepAlive) {

@@ -45,6 +45,22 @@ struct Server::Impl {
 
   std::vector<std::unique_ptr<asio::io_context>> contexts;  // [0] also runs the acceptor, signals, timers
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
+
+  // Client-disconnect watches, armed late (Session::watch_peer): a response still being produced
+  // kPeerWatchDelay after it began gets one; the many that end sooner never do. An armed watch
+  // costs a read that finds nothing (a recv returning EAGAIN) per request, one of the ~6 system
+  // calls of a proxied request. One list and one timer per io thread; the timer runs only while
+  // the list has entries.
+  static constexpr auto kPeerWatchDelay = std::chrono::milliseconds(10);
+  struct PeerWatches {
+    explicit PeerWatches(asio::io_context& io) : timer(io) {}
+    asio::steady_timer timer;
+    // A session, and the number of its response: the entry holds the session until the sweep,
+    // when the watch's read takes over (a session waiting for its producer has no other owner).
+    std::vector<std::pair<std::shared_ptr<Session>, uint64_t>> due;
+    bool ticking = false;
+  };
+  std::vector<std::unique_ptr<PeerWatches>> watches;  // [i] for contexts[i]; destroyed before them
   size_t next_context = 0;
   asio::io_context& ioc;
   tcp::acceptor acceptor;
@@ -62,10 +78,17 @@ struct Server::Impl {
   Impl(ServerOptions o, Handler& h, Server& s)
       : opts(std::move(o)), handler(h), owner(s), contexts(make_contexts(thread_count(opts))), ioc(*contexts[0]),
         acceptor(ioc), signals(ioc, SIGTERM, SIGINT), drain_timer(ioc) {
-    for (auto& c : contexts) keep_running.push_back(asio::make_work_guard(*c));
+    for (auto& c : contexts) {
+      keep_running.push_back(asio::make_work_guard(*c));
+      watches.push_back(std::make_unique<PeerWatches>(*c));
+    }
   }
 
   void accept();
+  // On the io thread of contexts[ctx]: watch the session's response number `gen` for a client
+  // that goes away, if it is still being produced after kPeerWatchDelay.
+  void watch_later(size_t ctx, std::shared_ptr<Session> s, uint64_t gen);
+  void sweep_watches(size_t ctx);
   void begin_stop();
   void drain();
 };
@@ -136,8 +159,8 @@ static std::string response_head(unsigned version, unsigned status, std::string_
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(TcpSocket sock, Server::Impl& srv)
-      : stream_(std::move(sock)), srv_(srv), buffer_(srv.opts.header_limit + kReadAhead) {
+  Session(TcpSocket sock, Server::Impl& srv, size_t ctx)
+      : stream_(std::move(sock)), srv_(srv), ctx_(ctx), buffer_(srv.opts.header_limit + kReadAhead) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -284,7 +307,7 @@ class Session : public std::enable_shared_from_this<Session> {
     writing_.clear();
     busy_ = false;
     if (failed || out_close_) return close();
-    read_request();
+    next_request();
   }
 
   // ---- responses produced later (http/stream.h) ----
@@ -296,7 +319,7 @@ class Session : public std::enable_shared_from_this<Session> {
     out_version_ = version;
     out_head_sent_ = false;
     stream_.expires_never();  // the producer bounds its own wait (the gateway's timeouts)
-    watch_peer();
+    srv_.watch_later(ctx_, shared_from_this(), ++out_gen_);
     std::weak_ptr<Session> weak = weak_from_this();
     auto ex = stream_.get_executor();
     out_->attach([weak, ex] {
@@ -307,20 +330,53 @@ class Session : public std::enable_shared_from_this<Session> {
     if (srv_.stopping && out_) out_->stop();  // began after shutdown_if_idle() went round
   }
 
+ public:
+  // Called by the server's sweep (watch_later) for response number `gen`. Returns false when
+  // it should be asked again (and the session held until then): an earlier watch has been
+  // cancelled but has not ended yet, or the client has already sent its next request.
+  bool watch_due(uint64_t gen) {
+    if (gen != out_gen_ || !out_) return true;  // that response has ended
+    if (watching_ || buffer_.size() > 0) return false;
+    watch_peer();
+    return true;
+  }
+
+ private:
   // A client that closes its connection while it waits cancels the producer (the gateway
   // cancels the upstream request). The watch is a read into the session's buffer rather than a
   // wait for readability: asio arms a wait with an epoll_ctl each time, while a read queued
   // right after one that emptied the socket costs no system call. What it reads is a pipelined
   // request, kept in the buffer for read_request() (the watch then ends: the client is there).
+  // While a watch is queued, nothing else reads: a response that ends first cancels it, and its
+  // completion (cancelled, or with the next request's first bytes) starts the next read.
   void watch_peer() {
-    if (buffer_.size() > 0) return;  // a pipelined request is already here
+    watching_ = true;
     stream_.socket().async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
-      if (ec == asio::error::operation_aborted) return;  // the response ended first
+      self->watching_ = false;
       self->buffer_.commit(n);
-      if (!self->out_ || n > 0) return;
+      if (self->resume_after_watch_) {  // the response has ended: on to the next request
+        self->resume_after_watch_ = false;
+        bool gone = ec && ec != asio::error::operation_aborted && self->buffer_.size() == 0;
+        return gone ? self->close() : self->read_request();
+      }
+      if (ec == asio::error::operation_aborted || !self->out_) return;
+      if (n > 0) return self->srv_.watch_later(self->ctx_, self, self->out_gen_);  // pipelined: hold on
       self->out_->cancel();  // end of stream or an error: the client is gone
       self->close();
     });
+  }
+
+  void unwatch() {
+    if (watching_) stream_.socket().cancel();
+  }
+
+  // After a response: read the next request, once a cancelled watch's read has completed.
+  void next_request() {
+    if (watching_) {
+      resume_after_watch_ = true;
+      return;
+    }
+    read_request();
   }
 
   void pump() {
@@ -365,7 +421,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!last) return self->pump();
       self->finish_stream();
       if (self->out_close_) return self->close();
-      self->read_request();
+      self->next_request();
     });
   }
 
@@ -376,7 +432,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void finish_stream() {
-    stream_.socket().cancel();  // the peer watch
+    unwatch();
     out_.reset();
     out_head_.reset();
     out_writing_ = false;
@@ -387,7 +443,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // write() for a stream's whole reply: keeps the stream alive until written.
   void write_owned(Response r, unsigned version, std::shared_ptr<ResponseStream> s) {
-    stream_.socket().cancel();  // the peer watch
+    unwatch();
     (void)s;
     write(std::move(r), version);
   }
@@ -404,7 +460,7 @@ class Session : public std::enable_shared_from_this<Session> {
       self->writing_.clear();
       self->body_.clear();
       if (ec || close_after) return self->close();
-      self->read_request();
+      self->next_request();
     });
   }
 
@@ -421,6 +477,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   TcpStream stream_;
   Server::Impl& srv_;
+  size_t ctx_;  // the index of the io_context (and thread) this session lives on
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::string body_;  // a whole response's body while it is written (the head is in writing_)
@@ -433,22 +490,44 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string pending_, writing_;
   unsigned out_version_ = 11;
   bool out_close_ = false, out_head_sent_ = false, out_writing_ = false;
+  uint64_t out_gen_ = 0;   // numbers the session's produced responses, for watch_due()
+  bool watching_ = false;  // a peer watch (a read) is queued
+  bool resume_after_watch_ = false;  // the response ended while it was: its completion reads on
   // A file body being sent.
   int file_fd_ = -1;
   uint64_t file_pos_ = 0, file_left_ = 0;
 };
 
 void Server::Impl::accept() {
-  asio::io_context& target = *contexts[next_context++ % contexts.size()];
-  acceptor.async_accept(target, [this](beast::error_code ec, TcpSocket sock) {
+  size_t ctx = next_context++ % contexts.size();
+  acceptor.async_accept(*contexts[ctx], [this, ctx](beast::error_code ec, TcpSocket sock) {
     if (stopping) return;
     if (!ec) {
-      std::make_shared<Session>(std::move(sock), *this)->start();
+      std::make_shared<Session>(std::move(sock), *this, ctx)->start();
     } else if (ec == asio::error::no_descriptors) {
       spdlog::warn("accept: out of file descriptors");
     }
     accept();
   });
+}
+
+void Server::Impl::watch_later(size_t ctx, std::shared_ptr<Session> s, uint64_t gen) {
+  PeerWatches& w = *watches[ctx];
+  w.due.emplace_back(std::move(s), gen);
+  if (w.ticking) return;
+  w.ticking = true;
+  w.timer.expires_after(kPeerWatchDelay);
+  w.timer.async_wait([this, ctx](beast::error_code) { sweep_watches(ctx); });
+}
+
+void Server::Impl::sweep_watches(size_t ctx) {
+  PeerWatches& w = *watches[ctx];
+  w.ticking = false;
+  auto due = std::move(w.due);
+  w.due.clear();
+  for (auto& [session, gen] : due) {
+    if (!session->watch_due(gen)) watch_later(ctx, std::move(session), gen);
+  }
 }
 
 void Server::Impl::begin_stop() {
