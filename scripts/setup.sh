@@ -12,6 +12,7 @@ PKGS=(
   ccache sqlite3 curl
   clang libfuzzer-14-dev libclang-rt-14-dev   # the fuzz target (libFuzzer)
   wrk nginx-light                      # bench/: load generator and the peer we compare with
+  linux-perf                           # bench/gateway/syscalls.sh: system calls per request
 )
 missing=()
 for p in "${PKGS[@]}"; do

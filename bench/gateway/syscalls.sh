@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# System calls and context switches per request at saturation, counted exactly on the kernel's
+# syscall tracepoints (perf stat: no strace slowdown): the aicloud gateway, nginx serving the
+# canned answer directly, and nginx as a reverse proxy in front of it. nginx serves both roles in
+# one set of workers (bench/gateway/run.sh), so the proxy's own counts are the proxy case less the
+# direct case.
+#
+#   bench/gateway/syscalls.sh        (CASE=whole|stream DURATION=4 CONNS=32 SYNC=normal;
+#                                     AICLOUD_BIN and LOADGEN as for run.sh)
+#
+# Needs perf (Debian: linux-perf) and read access to the tracepoints (root here).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CASE=${CASE:-whole}
+SECONDS_RUN=${DURATION:-4}
+CONNS=${CONNS:-32}
+export SYNC=${SYNC:-normal}
+LOADGEN=${LOADGEN:-$(dirname "${AICLOUD_BIN:-$ROOT/build/aicloud}")/bench/gateway_loadgen}
+command -v perf >/dev/null || { echo "syscalls: perf not found (Debian package linux-perf)" >&2; exit 1; }
+
+LOG=$(mktemp /tmp/aicloud-syscalls-XXXXXX)
+# run.sh holds everything up (HOLD=1) in its own process group, ended as a whole below.
+setsid env HOLD=1 CASES="$CASE" "$ROOT/bench/gateway/run.sh" >"$LOG" 2>&1 &
+HOLDER=$!
+trap 'kill -- -$HOLDER 2>/dev/null || true; rm -f "$LOG" "$LOG".*' EXIT
+for _ in $(seq 60); do grep -q "server pid" "$LOG" && break; sleep 1; done
+grep -q "server pid" "$LOG" || { cat "$LOG" >&2; exit 1; }
+
+line=$(grep "server pid" "$LOG")
+SERVER_PID=$(sed -n 's/.*server pid \([0-9]*\);.*/\1/p' <<<"$line")
+BODY=$(grep -o '/tmp/aicloud-gwbench-[A-Za-z0-9]*/whole.json' "$LOG")
+KEY=$(grep -o 'sk-proj-[A-Za-z0-9]*' "$LOG")
+GW_URL=$(grep -o 'http://127.0.0.1:[0-9]*/v1/chat/completions' "$LOG" | head -n1)
+if [ "$CASE" = stream ]; then
+  BODY=${BODY%whole.json}stream.json
+  DIRECT=$(sed -n 's/.*stream direct :\([0-9]*\),.*/\1/p' <<<"$line")
+  PROXY=$(sed -n 's/.*stream direct :[0-9]*, proxy :\([0-9]*\).*/\1/p' <<<"$line")
+else
+  DIRECT=$(sed -n 's/.*nginx direct :\([0-9]*\),.*/\1/p' <<<"$line")
+  PROXY=$(sed -n 's/.*nginx direct :[0-9]*, proxy :\([0-9]*\),.*/\1/p' <<<"$line")
+fi
+WORKERS=$(pgrep -d, -f "nginx: worker process" -P "$(pgrep -f "nginx: master.*aicloud-gwbench" | head -n1)")
+
+EVENTS=context-switches
+for s in sendmsg writev recvmsg recvfrom epoll_wait epoll_ctl pwrite64 timerfd_settime futex getsockopt; do
+  EVENTS+=",syscalls:sys_enter_$s"
+done
+# count PIDS URL [KEY]: prints "event per_request" lines.
+count() {
+  perf stat -x, -e "$EVENTS" -p "$1" -o "$LOG.perf" -- \
+    "$LOADGEN" --url "$2" --body-file "$BODY" ${3:+--key "$3"} --connections "$CONNS" --seconds "$SECONDS_RUN" \
+    --warmup 0 >"$LOG.lg" 2>&1
+  local n
+  n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' "$LOG.lg")
+  awk -F, -v n="$n" '/sys_enter|switch/ { e = $3; sub("syscalls:sys_enter_", "", e); printf "%s %.2f\n", e, $1 / n }' "$LOG.perf"
+  echo "requests/s $(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' "$LOG.lg")"
+}
+count "$SERVER_PID" "$GW_URL" "$KEY" >"$LOG.gw"
+count "$WORKERS" "http://127.0.0.1:$DIRECT/v1/chat/completions" >"$LOG.direct"
+count "$WORKERS" "http://127.0.0.1:$PROXY/v1/chat/completions" >"$LOG.proxy"
+
+echo "Per request at saturation ($CASE, $CONNS connections, ${SECONDS_RUN}s each):"
+printf '%-18s %10s %14s %18s\n' "" gateway "nginx direct" "nginx proxy only"
+join <(sort "$LOG.gw") <(sort "$LOG.direct") | join - <(sort "$LOG.proxy") |
+  awk '{ p = $1 == "requests/s" ? $4 : $4 - $3; printf "%-18s %10s %14s %18s\n", $1, $2, $3, (p < 0 ? 0 : p) }'
