@@ -211,24 +211,24 @@ TEST_F(StreamProxy, ClientDisconnectCancelsTheUpstreamCall) {
 // before the watch or while it reads, is kept and answered after it, in order.
 TEST_F(StreamProxy, RequestsPipelinedDuringAStreamAreAnsweredInOrder) {
   RawConn conn(proxy_srv->url());
+  // The stream's whole answer, then the echo of `n`.
+  auto expect_stream_then_whole = [&](int n) {
+    RawResponse stream = conn.read_response(10s);
+    ASSERT_TRUE(stream.got_response);
+    EXPECT_NE(stream.body.find("data: [DONE]"), std::string::npos);
+    RawResponse whole = conn.read_response(10s);
+    ASSERT_TRUE(whole.got_response);
+    EXPECT_EQ(whole.body, R"({"ok":true,"echo":)" + std::to_string(n) + "}");
+  };
+  const std::string whole = "POST /whole HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n";
   // Both at once: the second is in the session's buffer before the stream begins.
-  ASSERT_TRUE(conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\nPOST /whole HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1"));
-  RawResponse r1 = conn.read_response(10s);
-  ASSERT_TRUE(r1.got_response);
-  EXPECT_NE(r1.body.find("data: [DONE]"), std::string::npos);
-  RawResponse r2 = conn.read_response(10s);
-  ASSERT_TRUE(r2.got_response);
-  EXPECT_EQ(r2.body, R"({"ok":true,"echo":1})");
+  ASSERT_TRUE(conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n" + whole + "1"));
+  expect_stream_then_whole(1);
   // The second arrives mid-stream, after the watch has begun reading.
   ASSERT_TRUE(conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
   std::this_thread::sleep_for(100ms);
-  ASSERT_TRUE(conn.send("POST /whole HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n2"));
-  RawResponse r3 = conn.read_response(10s);
-  ASSERT_TRUE(r3.got_response);
-  EXPECT_NE(r3.body.find("data: [DONE]"), std::string::npos);
-  RawResponse r4 = conn.read_response(10s);
-  ASSERT_TRUE(r4.got_response);
-  EXPECT_EQ(r4.body, R"({"ok":true,"echo":2})");
+  ASSERT_TRUE(conn.send(whole + "2"));
+  expect_stream_then_whole(2);
   EXPECT_EQ(proxy.client_gone.load(), 0);
 }
 
