@@ -48,16 +48,16 @@ struct Server::Impl {
 
   // Client-disconnect watches, armed late (Session::watch_peer): a response still being produced
   // kPeerWatchDelay after it began gets one; the many that end sooner never do. An armed watch
-  // costs a read that finds nothing (a recv returning EAGAIN) per request, one of the ~6 system
-  // calls of a proxied request. One list and one timer per io thread; the timer runs only while
-  // the list has entries.
+  // costs a read that finds nothing (a recv returning EAGAIN) per request, one of the ~8 system
+  // calls of a proxied request (docs/PERFORMANCE.md §5). One list and one timer per io thread;
+  // the timer runs only while the list has entries.
   static constexpr auto kPeerWatchDelay = std::chrono::milliseconds(10);
   struct PeerWatches {
     explicit PeerWatches(asio::io_context& io) : timer(io) {}
     asio::steady_timer timer;
     // A session, and the number of its response: the entry holds the session until the sweep,
     // when the watch's read takes over (a session waiting for its producer has no other owner).
-    std::vector<std::pair<std::shared_ptr<Session>, uint64_t>> due;
+    std::vector<std::pair<std::shared_ptr<Session>, uint64_t>> due, sweeping;  // (two: no allocation per tick)
     bool ticking = false;
   };
   std::vector<std::unique_ptr<PeerWatches>> watches;  // [i] for contexts[i]; destroyed before them
@@ -523,11 +523,11 @@ void Server::Impl::watch_later(size_t ctx, std::shared_ptr<Session> s, uint64_t 
 void Server::Impl::sweep_watches(size_t ctx) {
   PeerWatches& w = *watches[ctx];
   w.ticking = false;
-  auto due = std::move(w.due);
-  w.due.clear();
-  for (auto& [session, gen] : due) {
+  std::swap(w.due, w.sweeping);  // watch_due() may add to w.due again
+  for (auto& [session, gen] : w.sweeping) {
     if (!session->watch_due(gen)) watch_later(ctx, std::move(session), gen);
   }
+  w.sweeping.clear();
 }
 
 void Server::Impl::begin_stop() {
