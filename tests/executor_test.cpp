@@ -116,6 +116,21 @@ TEST(Executor, StopKillsTheWholeTreeAndEscalates) {
   EXPECT_NE(log_of(ex, "asg_tree").find("got TERM"), std::string::npos);
 }
 
+// A workload ends with its command: what the command left running in the background (here one
+// that ignores SIGTERM and keeps the log pipe open) is ended and reaped with it, so that an
+// exited workload leaves no process behind, not even a zombie.
+TEST(Executor, WhatTheCommandLeftRunningEndsWithIt) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  std::string err;
+  ASSERT_TRUE(ex.start(spec("asg_left", {"(trap '' TERM; sleep 300) & echo started; exit 0"}), &err));
+  ProcessState s = wait_done(ex, "asg_left");
+  EXPECT_EQ(s.phase, ProcessState::kExited);
+  EXPECT_EQ(s.exit_code, 0);
+  EXPECT_NE(log_of(ex, "asg_left").find("started"), std::string::npos);
+  EXPECT_NE(::kill(-s.pgid, 0), 0) << "a process of the exited workload survived";
+}
+
 TEST(Executor, ANewExecutorReadoptsRunningWorkloads) {
   TempDir d;
   std::string err;

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -423,7 +424,12 @@ RunResult run_once(const SandboxSpec& spec, const fs::path& d, const std::vector
     } else if (!exited) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (!exited && waitpid(child, &status, WNOHANG) == child) {
+    // The command's own end, and orphans of its tree reparented to this supervisor (their
+    // subreaper), which would otherwise stay zombies until the workload ends.
+    int st = 0;
+    for (pid_t p; (p = waitpid(-1, &st, WNOHANG)) > 0;) {
+      if (p != child || exited) continue;
+      status = st;
       exited = true;
       drain_until = now_ms() + 1000;  // background children may still hold the pipe
     }
@@ -470,6 +476,9 @@ int agent_exec_command(int argc, char** argv) {
   sa.sa_handler = on_term;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
+  // Orphans of the workload's tree are reparented here rather than to init: the supervisor reaps
+  // them, and knows when the last one is gone.
+  prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   signal(SIGINT, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
   // A sandbox's plain environment: a PATH, and HOME in the work dir (the workload's own, or for
@@ -507,6 +516,15 @@ int agent_exec_command(int argc, char** argv) {
     }
     if (g_stopping) break;
     backoff_ms = std::min<int64_t>(backoff_ms * 2, 30'000);
+  }
+  // The workload ends with its command: what the command left running (background children,
+  // one that ignored SIGTERM) goes too, and is reaped, so that an exited workload has no process
+  // left in its group, not even a zombie.
+  signal_group_but_self(SIGKILL);
+  for (int64_t until = now_ms() + 2000; now_ms() < until;) {
+    pid_t p = waitpid(-1, nullptr, WNOHANG);
+    if (p < 0) break;  // ECHILD: nothing of it is left
+    if (p == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   write_atomic(d / "exit.json", json{{"exit_code", r.code}, {"timed_out", r.timed_out}, {"restarts", restarts},
                                      {"finished_at_ms", now_ms()}}.dump());

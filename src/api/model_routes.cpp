@@ -49,6 +49,7 @@
 #include "util/error.h"
 #include "util/ids.h"
 #include "util/log.h"
+#include "util/thread_name.h"
 #include "util/time.h"
 
 namespace aicloud {
@@ -146,7 +147,12 @@ void require_manager(const Principal& p) {
 class FileWorkers {
  public:
   explicit FileWorkers(int n) {
-    for (int k = 0; k < n; ++k) threads_.emplace_back([this] { loop(); });
+    for (int k = 0; k < n; ++k) {
+      threads_.emplace_back([this] {
+        name_this_thread("model-files");
+        loop();
+      });
+    }
   }
   ~FileWorkers() {
     {

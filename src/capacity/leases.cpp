@@ -4,6 +4,7 @@
 #include <random>
 
 #include "util/log.h"
+#include "util/thread_name.h"
 #include "util/time.h"
 
 namespace aicloud {
@@ -114,7 +115,10 @@ NodeSignals::Hold NodeSignals::hold(const std::string& node, uint64_t seq, uint6
     bool earliest = deadlines_.empty() || deadline_ms < deadlines_.top().first;
     deadlines_.emplace(deadline_ms, n.held);
     if (!thread_.joinable()) {
-      thread_ = std::thread([this] { run(); });
+      thread_ = std::thread([this] {
+        name_this_thread("leases");
+        run();
+      });
     } else if (earliest) {
       cv_.notify_one();
     }

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "util/log.h"
+#include "util/thread_name.h"
 
 namespace aicloud::gateway {
 
@@ -75,7 +76,10 @@ RateLimiter::RateLimiter(Store& store) : store_(store) {
   } catch (const std::exception& e) {
     spdlog::error("rate limits: could not load the table: {}", e.what());
   }
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("ratelimits");
+    run();
+  });
 }
 
 RateLimiter::~RateLimiter() {

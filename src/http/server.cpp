@@ -16,6 +16,7 @@
 #include "http/io_types.h"
 #include "http/stream.h"
 #include "util/log.h"
+#include "util/thread_name.h"
 
 namespace aicloud::http {
 
@@ -595,6 +596,7 @@ void Server::run() {
   std::vector<std::thread> threads;
   for (size_t i = 1; i < impl_->contexts.size(); ++i) {
     threads.emplace_back([this, i] {
+      name_this_thread("aicloud-io-" + std::to_string(i));  // (io 0 is the caller's thread)
       tl_current_io = impl_->contexts[i].get();
       impl_->contexts[i]->run();
     });

@@ -12,6 +12,7 @@
 
 #include "metering/journal.h"
 #include "util/log.h"
+#include "util/thread_name.h"
 
 namespace fs = std::filesystem;
 
@@ -82,8 +83,16 @@ Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(o
   fold_now();
   if (!unfolded_.empty()) throw std::runtime_error("the usage journal could not be folded into the store (see the log)");
 
-  if (opts_.fsync) syncer_ = std::thread([this] { sync_loop(); });
-  folder_ = std::thread([this] { fold_loop(); });
+  if (opts_.fsync) {
+    syncer_ = std::thread([this] {
+      name_this_thread("meter-sync");
+      sync_loop();
+    });
+  }
+  folder_ = std::thread([this] {
+    name_this_thread("meter-fold");
+    fold_loop();
+  });
 }
 
 Meter::~Meter() {

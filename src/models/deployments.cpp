@@ -8,6 +8,7 @@
 #include "util/error.h"
 #include "util/ids.h"
 #include "util/log.h"
+#include "util/thread_name.h"
 #include "util/time.h"
 #include "workloads/workloads.h"
 
@@ -206,6 +207,7 @@ DeploymentController::~DeploymentController() { stop(); }
 
 void DeploymentController::start() {
   thread_ = std::thread([this] {
+    name_this_thread("deployments");
     std::unique_lock lk(mu_);
     while (!stopping_) {
       lk.unlock();

@@ -23,6 +23,7 @@
 #include "workloads/controller.h"
 #include "identity/crypto.h"
 #include "util/log.h"
+#include "util/thread_name.h"
 
 namespace aicloud {
 namespace fs = std::filesystem;
@@ -75,7 +76,10 @@ static void ensure_operator_key(Store& store, const fs::path& data_dir, bool pri
 // writer lock (and an fsync), which on an io thread would stall every connection it serves.
 class LastUsedFlusher {
  public:
-  explicit LastUsedFlusher(AuthService& auth) : auth_(auth), thread_([this] { run(); }) {}
+  explicit LastUsedFlusher(AuthService& auth) : auth_(auth), thread_([this] {
+        name_this_thread("key-last-used");
+        run();
+      }) {}
   ~LastUsedFlusher() {
     {
       std::lock_guard lk(mu_);

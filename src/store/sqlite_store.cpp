@@ -18,6 +18,7 @@
 
 #include "store/migrations.h"
 #include "store/store.h"
+#include "util/thread_name.h"
 #include "util/time.h"
 
 namespace aicloud {
@@ -400,7 +401,10 @@ class SqliteStore final : public Store {
     auto c = make_conn();
     migrate(*c);
     release(std::move(c));
-    checkpointer_ = std::thread([this] { checkpoint_loop(); });
+    checkpointer_ = std::thread([this] {
+      name_this_thread("sqlite-ckpt");
+      checkpoint_loop();
+    });
   }
   ~SqliteStore() override {
     {

@@ -6,6 +6,7 @@
 
 #include "scheduler/scheduler.h"
 #include "util/log.h"
+#include "util/thread_name.h"
 #include "util/time.h"
 #include "workloads/workloads.h"
 
@@ -70,6 +71,7 @@ SchedulerController::~SchedulerController() { stop(); }
 
 void SchedulerController::start() {
   thread_ = std::thread([this] {
+    name_this_thread("scheduler");
     std::unique_lock lk(mu_);
     while (!stopping_) {
       lk.unlock();
