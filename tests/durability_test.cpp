@@ -230,7 +230,7 @@ TEST(Durability, SigtermFinishesInFlightRequests) {
   EXPECT_EQ(Api({*c, t.admin_key, ""}).get("/v1/organization/projects/" + project_id)["name"], "half-sent");
   for (const auto& tok : tokens) EXPECT_EQ(Api({*c, tok, ""}).call("GET", "/v1/me").status, 200u);
   expect_audit_chain_ok(srv);
-  EXPECT_EQ(srv.stop_graceful(), 0);
+  EXPECT_EQ(srv.stop_graceful(), 0) << srv.log();
 }
 
 // SIGTERM under a stream of writes: the process exits 0 promptly and keeps every write it

@@ -186,7 +186,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // waiting for a request's first byte with none arrived: a request that is partly received, or
   // whose bytes wait in the socket unread, is in flight and is served.
   void shutdown_if_idle() {
-    asio::post(stream_.get_executor(), [self = shared_from_this()] {
+    // Called from another thread, under sessions_mu: this session's last owner may have let go of
+    // it already, its destructor waiting for that lock. Then there is nothing left to close (and
+    // shared_from_this() would throw).
+    auto self = weak_from_this().lock();
+    if (!self) return;
+    asio::post(stream_.get_executor(), [self = std::move(self)] {
       beast::error_code ec;
       if (!self->busy_ && self->buffer_.size() == 0 && self->stream_.socket().available(ec) == 0) self->close();
       if (self->out_) self->out_->stop();  // a response that only waits (a long-poll) answers now
@@ -368,7 +373,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void unwatch() {
-    if (watching_) stream_.socket().cancel();
+    beast::error_code ec;  // (the socket may be closed already: then there is nothing to cancel)
+    if (watching_) stream_.socket().cancel(ec);
   }
 
   // After a response: read the next request, once a cancelled watch's read has completed.
