@@ -192,8 +192,13 @@ class Session : public std::enable_shared_from_this<Session> {
     auto self = weak_from_this().lock();
     if (!self) return;
     asio::post(stream_.get_executor(), [self = std::move(self)] {
+      // Idle: its wait for a request is cancelled, and the read's handler closes it. A request
+      // whose bytes that read has already taken (its handler queued, not run yet), or that wait
+      // in the socket, is served.
       beast::error_code ec;
-      if (!self->busy_ && self->buffer_.size() == 0 && self->stream_.socket().available(ec) == 0) self->close();
+      if (!self->busy_ && self->buffer_.size() == 0 && self->stream_.socket().available(ec) == 0) {
+        self->stream_.socket().cancel(ec);
+      }
       if (self->out_) self->out_->stop();  // a response that only waits (a long-poll) answers now
     });
   }
