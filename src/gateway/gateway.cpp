@@ -389,7 +389,8 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
     if (!s->is_boolean()) throw ApiError(400, "invalid_request_error", "'stream' must be a boolean.", "invalid_type", "stream");
     stream = s->get<bool>();
   }
-  if (auto so = body.find("stream_options"); so != body.end() && !so->is_null() && !so->is_object()) {
+  auto so = body.find("stream_options");
+  if (so != body.end() && !so->is_null() && !so->is_object()) {
     throw ApiError(400, "invalid_request_error", "'stream_options' must be an object.", "invalid_type", "stream_options");
   }
   if (stream && ep == "embeddings") {
@@ -449,9 +450,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   ex->request_id = c.request_id;
   ex->stream = stream;
   if (stream) {
-    auto so = body.find("stream_options");
-    const json* iu = so != body.end() && so->is_object() && so->contains("include_usage") ? &(*so)["include_usage"] : nullptr;
-    ex->client_wants_usage = iu && iu->is_boolean() && iu->get<bool>();
+    ex->client_wants_usage = so != body.end() && so->is_object() && so->value("include_usage", json()) == true;
     if (ex->client_wants_usage) {
       ex->body = std::string(c.req.body());  // it asks for usage already: forwarded unchanged
     } else {

@@ -80,7 +80,7 @@ class ReplicaDirectory {
     auto it = by_model_.find(model);
     if (it == by_model_.end()) return;
     for (const Deployment* d : it->second) {
-      if (d->owner_org.empty() || d->owner_org == org) f(*d);
+      if (usable(*d, model, org)) f(*d);
     }
   }
   void unindex(const Deployment& d);
