@@ -39,6 +39,13 @@ class Upstream : public Handler {
       r.content_type = "application/octet-stream";
       return r;
     }
+    if (req.target().starts_with("/head")) {  // what arrived: the request line, fields and body
+      r.body = std::string(req.method_string()) + " " + std::string(req.target()) + "\n";
+      for (const auto& f : req) r.body += std::string(f.name_string()) + ": " + std::string(f.value()) + "\n";
+      r.body += "\n" + req.body();
+      r.content_type = "text/plain";
+      return r;
+    }
     if (req.target() == "/whole") {
       r.body = R"({"ok":true,"echo":)" + std::string(req.body().empty() ? "null" : req.body()) + "}";
       return r;
@@ -83,8 +90,10 @@ class Proxy : public Handler {
   std::atomic<int> client_gone{0};
   Response handle(Request& req, const std::string&) override {
     auto s = std::make_shared<ResponseStream>();
-    Request up{req.method(), req.target(), 11};
-    up.body() = req.body();
+    UpstreamRequest up;
+    up.method = std::string(req.method_string());
+    up.target = std::string(req.target());
+    up.body = req.body();
     auto whole = std::make_shared<Response>();
     bool stream = req.target() != "/whole";
     UpstreamCallbacks cb;
@@ -172,6 +181,45 @@ TEST_F(StreamProxy, WholeRepliesAreRelayedAndConnectionsReused) {
   }
   // Sequential calls reuse one pooled upstream connection.
   EXPECT_EQ(pool->idle_connections(), 1u);
+}
+
+// The pool writes the request by hand: the caller's method, target, fields and body, its own Host
+// and Content-Length; a field that could split the request is dropped, as is a caller's Host.
+TEST_F(StreamProxy, ThePoolSendsTheRequestAsGivenAndDropsUnsafeFields) {
+  UpstreamRequest req;
+  req.method = "PUT";
+  req.target = "/head?q=1";
+  req.headers = {{"x-ok", "1"},  {"x-bad", "a\r\nInjected: yes"}, {"Bad Name", "v"},
+                 {"Host", "evil"}, {"Content-Length", "999"},       {"Authorization", "Bearer k"}};
+  req.body = "hello";
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::string body, error;
+  UpstreamCallbacks cb;
+  cb.on_data = [&](std::string_view d) { body += d; };
+  cb.on_done = [&](const std::string& err, bool) {
+    std::lock_guard lk(mu);
+    error = err;
+    done = true;
+    cv.notify_all();
+  };
+  pool->send("127.0.0.1", up_srv->server->port(), std::move(req), std::move(cb));
+  std::unique_lock lk(mu);
+  ASSERT_TRUE(cv.wait_for(lk, 10s, [&] { return done; }));
+  ASSERT_EQ(error, "");
+  std::string host = "Host: 127.0.0.1:" + std::to_string(up_srv->server->port()) + "\n";
+  EXPECT_EQ(body.rfind("PUT /head?q=1\n", 0), 0u) << body;
+  EXPECT_NE(body.find("x-ok: 1\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("Authorization: Bearer k\n"), std::string::npos) << body;
+  EXPECT_NE(body.find(host), std::string::npos) << body;
+  EXPECT_NE(body.find("Content-Length: 5\n"), std::string::npos) << body;
+  EXPECT_EQ(body.find("Injected"), std::string::npos) << body;
+  EXPECT_EQ(body.find("x-bad"), std::string::npos) << body;
+  EXPECT_EQ(body.find("Bad Name"), std::string::npos) << body;
+  EXPECT_EQ(body.find("evil"), std::string::npos) << body;
+  EXPECT_EQ(body.find("999"), std::string::npos) << body;
+  EXPECT_EQ(body.substr(body.size() - 7), "\n\nhello") << body;
 }
 
 TEST_F(StreamProxy, StreamsArriveInPiecesAndEnd) {

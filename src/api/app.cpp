@@ -131,7 +131,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
   try {
     if (spec.access != Access::kPublic) {
       auto org_hdr = c.req.find("openai-organization");
-      std::string_view org_hint = org_hdr == c.req.end() ? std::string_view() : org_hdr->value();
+      std::string_view org_hint = org_hdr == c.req.end() ? std::string_view() : std::string_view(org_hdr->value());
       c.principal = auth_.authenticate(bearer_token(c.req), org_hint);
       if (spec.access == Access::kOperator && !c.principal->is_operator()) {
         throw forbidden("This endpoint is for the cloud operator only.", "operator_only");
@@ -150,7 +150,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
     // preflight, so accepting it would let any web page log a visitor in).
     if ((spec.mutation || spec.method == "POST") && !spec.raw && !c.req.body().empty()) {
       auto ct = c.req.find(bhttp::field::content_type);
-      std::string_view v = ct == c.req.end() ? std::string_view() : ct->value();
+      std::string_view v = ct == c.req.end() ? std::string_view() : std::string_view(ct->value());
       if (!is_json_media_type(v)) {
         throw ApiError(415, "invalid_request_error",
                        "Unsupported Content-Type '" + std::string(v) + "': send the body as application/json.",

@@ -132,11 +132,13 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     rec.deployment_id = pick->deployment_id;
     rec.region = pick->replica.region;
 
-    http::Request req{http::bhttp::verb::post, path, 11};
-    req.set(http::bhttp::field::content_type, "application/json");
-    if (!pick->replica.api_key.empty()) req.set(http::bhttp::field::authorization, "Bearer " + pick->replica.api_key);
-    req.set("x-request-id", request_id);
-    req.body() = body;
+    http::UpstreamRequest req;
+    req.target = path;
+    req.headers.reserve(3);
+    req.headers.emplace_back("Content-Type", "application/json");
+    if (!pick->replica.api_key.empty()) req.headers.emplace_back("Authorization", "Bearer " + pick->replica.api_key);
+    req.headers.emplace_back("x-request-id", request_id);
+    req.body = body;
     auto self = shared_from_this();
     http::UpstreamCallbacks cb;
     cb.on_head = [self](const http::UpstreamHead& h) { self->on_head(h); };

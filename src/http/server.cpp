@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "http/fields.h"
 #include "http/io_types.h"
 #include "http/stream.h"
 #include "util/log.h"
@@ -113,17 +114,6 @@ static bool bodiless(unsigned status) { return status < 200 || status == 204 || 
 static std::string response_head(unsigned version, unsigned status, std::string_view content_type,
                           const std::vector<std::pair<std::string, std::string>>& fields, bool close,
                           Framing framing, uint64_t content_length) {
-  auto same = [](std::string_view a, std::string_view b) {
-    return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
-  };
-  auto token = [](std::string_view n) {
-    if (n.empty()) return false;
-    for (unsigned char ch : n) {
-      if (ch <= 32 || ch >= 127 || std::strchr("()<>@,;:\\\"/[]?={}", ch)) return false;
-    }
-    return true;
-  };
-  auto clean = [](std::string_view v) { return v.find_first_of("\r\n") == std::string_view::npos; };
   std::string h;
   h.reserve(256);
   h += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
@@ -133,20 +123,20 @@ static std::string response_head(unsigned version, unsigned status, std::string_
   h += "\r\nServer: aicloud\r\n";
   for (size_t i = 0; i < fields.size(); ++i) {
     const auto& [name, value] = fields[i];
-    if (!token(name) || !clean(value) || same(name, "content-length") || same(name, "transfer-encoding") ||
-        same(name, "connection") || same(name, "server")) {
+    if (!field_name_ok(name) || !field_value_ok(value) || same_field(name, "content-length") ||
+        same_field(name, "transfer-encoding") || same_field(name, "connection") || same_field(name, "server")) {
       continue;
     }
     bool replaced = false;
-    for (size_t j = i + 1; j < fields.size() && !replaced; ++j) replaced = same(fields[j].first, name);
+    for (size_t j = i + 1; j < fields.size() && !replaced; ++j) replaced = same_field(fields[j].first, name);
     if (replaced) continue;
-    if (same(name, "content-type")) {
+    if (same_field(name, "content-type")) {
       content_type = value;
       continue;
     }
     h.append(name).append(": ").append(value).append("\r\n");
   }
-  if (!content_type.empty() && clean(content_type)) h.append("Content-Type: ").append(content_type).append("\r\n");
+  if (!content_type.empty() && field_value_ok(content_type)) h.append("Content-Type: ").append(content_type).append("\r\n");
   if (framing == Framing::kChunked) {
     h += "Transfer-Encoding: chunked\r\n";
   } else if (!bodiless(status)) {

@@ -4,9 +4,11 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <array>
 #include <mutex>
 #include <unordered_map>
 
+#include "http/fields.h"
 #include "http/io_types.h"
 
 namespace aicloud::http {
@@ -101,19 +103,33 @@ bool hop_by_hop(std::string_view name) {
 
 class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
  public:
-  Call(std::shared_ptr<UpstreamPool::Impl> pool, std::string host, uint16_t port, Request req, UpstreamCallbacks cb,
-       UpstreamTimeouts t)
+  Call(std::shared_ptr<UpstreamPool::Impl> pool, std::string host, uint16_t port, UpstreamRequest req,
+       UpstreamCallbacks cb, UpstreamTimeouts t)
       : pool_(std::move(pool)),
         host_(std::move(host)),
         port_(port),
         key_(host_ + ":" + std::to_string(port_)),
-        req_(std::move(req)),
+        head_(request_head(req, key_)),
+        body_(std::move(req.body)),
         cb_(std::move(cb)),
         t_(t),
-        ex_(pool_->ioc.get_executor()) {
-    req_.set(bhttp::field::host, key_);
-    req_.keep_alive(true);
-    req_.prepare_payload();
+        ex_(pool_->ioc.get_executor()) {}
+
+  // The request line and fields: the caller's, then Host and Content-Length (HTTP/1.1 keeps the
+  // connection alive by default). The framing fields are the pool's own.
+  static std::string request_head(const UpstreamRequest& req, const std::string& host) {
+    std::string h;
+    h.reserve(128 + req.target.size());
+    h.append(req.method).append(" ").append(req.target).append(" HTTP/1.1\r\n");
+    for (const auto& [name, value] : req.headers) {
+      if (!field_name_ok(name) || !field_value_ok(value) || same_field(name, "host") ||
+          same_field(name, "content-length") || same_field(name, "transfer-encoding") || same_field(name, "connection")) {
+        continue;
+      }
+      h.append(name).append(": ").append(value).append("\r\n");
+    }
+    h.append("Host: ").append(host).append("\r\nContent-Length: ").append(std::to_string(req.body.size())).append("\r\n\r\n");
+    return h;
   }
 
   // Runs in send(), before anyone else holds the call.
@@ -171,7 +187,8 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
 
   void write() {
     conn_->expires_after(t_.connect + std::chrono::seconds(30));
-    bhttp::async_write(*conn_, req_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    std::array<asio::const_buffer, 2> bufs{asio::buffer(head_), asio::buffer(body_)};
+    asio::async_write(*conn_, bufs, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (self->done_) return;
       if (ec) return self->retry_or_fail("sending to " + self->key_ + ": " + ec.message());
       self->read_head();
@@ -255,7 +272,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   std::string host_;
   uint16_t port_;
   std::string key_;
-  Request req_;
+  std::string head_, body_;  // the request, written as it is to every connection tried
   UpstreamCallbacks cb_;
   UpstreamTimeouts t_;
   IoExecutor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
@@ -276,7 +293,7 @@ UpstreamPool::UpstreamPool(asio::io_context& ioc, size_t max_idle_per_target)
 
 UpstreamPool::~UpstreamPool() = default;
 
-std::shared_ptr<UpstreamCall> UpstreamPool::send(const std::string& host, uint16_t port, Request req,
+std::shared_ptr<UpstreamCall> UpstreamPool::send(const std::string& host, uint16_t port, UpstreamRequest req,
                                                  UpstreamCallbacks cb, UpstreamTimeouts timeouts) {
   auto call = std::make_shared<Call>(impl_, host, port, std::move(req), std::move(cb), timeouts);
   call->start();

@@ -1,0 +1,28 @@
+// Checks for header fields that the server and the upstream pool write by hand (no Beast
+// serializer): a field that could split the message it is written into is dropped, never sent.
+#pragma once
+#include <strings.h>
+
+#include <cstring>
+#include <string_view>
+
+namespace aicloud::http {
+
+// Case-insensitive equality of field names.
+inline bool same_field(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+// A field name must be an RFC 9110 token.
+inline bool field_name_ok(std::string_view n) {
+  if (n.empty()) return false;
+  for (unsigned char ch : n) {
+    if (ch <= 32 || ch >= 127 || std::strchr("()<>@,;:\\\"/[]?={}", ch)) return false;
+  }
+  return true;
+}
+
+// A field value must not hold CR or LF (which would end the field, or the head, early).
+inline bool field_value_ok(std::string_view v) { return v.find_first_of("\r\n") == std::string_view::npos; }
+
+}  // namespace aicloud::http
