@@ -42,7 +42,7 @@ fi
 WORKERS=$(pgrep -d, -f "nginx: worker process" -P "$(pgrep -f "nginx: master.*aicloud-gwbench" | head -n1)")
 
 EVENTS=context-switches
-for s in sendmsg writev recvmsg recvfrom epoll_wait epoll_ctl pwrite64 timerfd_settime futex getsockopt; do
+for s in sendmsg sendto writev recvmsg recvfrom epoll_wait epoll_ctl pwrite64 timerfd_settime futex getsockopt; do
   EVENTS+=",syscalls:sys_enter_$s"
 done
 # count PIDS URL [KEY]: prints "event per_request" lines.

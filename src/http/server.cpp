@@ -15,6 +15,7 @@
 
 #include "http/fields.h"
 #include "http/io_types.h"
+#include "http/write_now.h"
 #include "http/stream.h"
 #include "util/log.h"
 #include "util/thread_name.h"
@@ -102,6 +103,9 @@ struct Server::Impl {
 // limit counts) is a 400 rather than memory growing as fast as a client can send.
 constexpr size_t kReadAhead = 64 * 1024;
 
+// A response the client does not take within this long ends its connection.
+constexpr auto kWriteTimeout = std::chrono::seconds(30);
+
 // A response's status line and header fields, serialized by hand into one string (Beast's
 // serializer walks a chain of buffer views per field: ~3% of the gateway's CPU). The fields
 // behave as Beast's set() did: a later field replaces an earlier one of the same name, and the
@@ -156,6 +160,7 @@ class Session : public std::enable_shared_from_this<Session> {
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
     stream_.socket().set_option(tcp::no_delay(true), ec);
+    stream_.socket().non_blocking(true, ec);  // for write_now
     srv_.owner.open_.fetch_add(1);
     std::lock_guard lk(srv_.sessions_mu);
     srv_.sessions.insert(this);
@@ -280,7 +285,7 @@ class Session : public std::enable_shared_from_this<Session> {
     file_left_ = r.file_length;
     writing_ = response_head(version, r.status, r.content_type, r.headers, r.close, Framing::kLength, r.file_length);
     out_close_ = r.close;
-    stream_.expires_after(std::chrono::seconds(30));
+    stream_.expires_after(kWriteTimeout);
     asio::async_write(stream_, asio::buffer(writing_), [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->end_file(true);
       self->write_file_piece();
@@ -295,7 +300,7 @@ class Session : public std::enable_shared_from_this<Session> {
     writing_.resize(size_t(n));
     file_pos_ += uint64_t(n);
     file_left_ -= uint64_t(n);
-    stream_.expires_after(std::chrono::seconds(30));
+    stream_.expires_after(kWriteTimeout);
     asio::async_write(stream_, asio::buffer(writing_), [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->end_file(true);
       self->write_file_piece();
@@ -323,7 +328,14 @@ class Session : public std::enable_shared_from_this<Session> {
     srv_.watch_later(ctx_, shared_from_this(), ++out_gen_);
     std::weak_ptr<Session> weak = weak_from_this();
     auto ex = stream_.get_executor();
-    out_->attach([weak, ex] {
+    out_->attach([weak, ex](bool whole) {
+      // A whole reply made on this session's own thread (the gateway's, once its usage record is
+      // written) goes out now; anything else is pumped on a later turn, which also gathers a
+      // stream's head and first pieces into one write.
+      if (whole && ex.running_in_this_thread()) {
+        if (auto self = weak.lock()) self->pump();
+        return;
+      }
       asio::post(ex, [weak] {
         if (auto self = weak.lock()) self->pump();
       });
@@ -415,8 +427,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (buf.empty()) return;
     out_writing_ = true;
     writing_ = std::move(buf);
-    stream_.expires_after(std::chrono::seconds(30));
-    asio::async_write(stream_, asio::buffer(writing_), [self = shared_from_this(), last](beast::error_code ec, size_t) {
+    write_now(stream_, asio::buffer(writing_), kWriteTimeout, [self = shared_from_this(), last](beast::error_code ec) {
       self->out_writing_ = false;
       self->stream_.expires_never();
       if (ec) return self->abort_stream();
@@ -455,9 +466,8 @@ class Session : public std::enable_shared_from_this<Session> {
     bool close_after = r.close;
     writing_ = response_head(version, r.status, r.content_type, r.headers, close_after, Framing::kLength, r.body.size());
     body_ = bodiless(r.status) ? std::string() : std::move(r.body);
-    std::array<asio::const_buffer, 2> bufs{asio::buffer(writing_), asio::buffer(body_)};
-    stream_.expires_after(std::chrono::seconds(30));
-    asio::async_write(stream_, bufs, [self = shared_from_this(), close_after](beast::error_code ec, size_t) {
+    bufs_ = {asio::buffer(writing_), asio::buffer(body_)};
+    write_now(stream_, bufs_, kWriteTimeout, [self = shared_from_this(), close_after](beast::error_code ec) {
       self->busy_ = false;
       self->writing_.clear();
       self->body_.clear();
@@ -483,6 +493,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::string body_;  // a whole response's body while it is written (the head is in writing_)
+  std::array<asio::const_buffer, 2> bufs_;  // the two, for write_now (valid until it is done)
   std::string remote_;
   bool busy_ = false;
 

@@ -24,7 +24,7 @@ class ResponseStream {
  public:
   // ---- producer side (any thread) ----
   void reply(Response r) {
-    std::function<void()> n;
+    std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
       if (head_ || cancelled_) return;
@@ -33,10 +33,10 @@ class ResponseStream {
       ended_ = true;
       n = notify_;
     }
-    if (n) n();
+    if (n) n(true);
   }
   void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {}) {
-    std::function<void()> n;
+    std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
       if (head_ || cancelled_) return;
@@ -47,28 +47,28 @@ class ResponseStream {
       streaming_ = true;
       n = notify_;
     }
-    if (n) n();
+    if (n) n(false);
   }
   void write(std::string chunk) {
     if (chunk.empty()) return;  // an empty chunk would end the chunked body
-    std::function<void()> n;
+    std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
       if (!head_ || ended_ || cancelled_) return;
       queued_.push_back(std::move(chunk));
       n = notify_;
     }
-    if (n) n();
+    if (n) n(false);
   }
   void end() {
-    std::function<void()> n;
+    std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
       if (!head_ || ended_) return;
       ended_ = true;
       n = notify_;
     }
-    if (n) n();
+    if (n) n(false);
   }
   // Called at most once, when the client goes away before end(). Runs on the caller of
   // cancel() (an io thread): keep it short.
@@ -110,14 +110,16 @@ class ResponseStream {
     std::string data;  // everything written since the last pull
     bool end = false;  // nothing more will come
   };
-  void attach(std::function<void()> notify) {
-    std::function<void()> n;
+  // notify(whole) runs after each change; whole: a reply() (the response is complete), which the
+  // session may send at once, where pieces of a stream are better gathered into one write.
+  void attach(std::function<void(bool whole)> notify) {
+    std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
       notify_ = std::move(notify);
       n = notify_;
     }
-    n();  // the producer may have finished before the session attached
+    n(false);  // the producer may have finished before the session attached
   }
   Pulled pull() {
     std::lock_guard lk(mu_);
@@ -163,7 +165,7 @@ class ResponseStream {
   bool cancelled_ = false;
   bool stopped_ = false;
   std::deque<std::string> queued_;
-  std::function<void()> notify_;
+  std::function<void(bool whole)> notify_;
   std::function<void()> on_cancel_;
   std::function<void()> on_stop_;
 };

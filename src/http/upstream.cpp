@@ -10,6 +10,7 @@
 
 #include "http/fields.h"
 #include "http/io_types.h"
+#include "http/write_now.h"
 
 namespace aicloud::http {
 
@@ -182,13 +183,13 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     if (ec) return finish("cannot connect to " + key_ + ": " + ec.message(), false, false);
     beast::error_code ignored;
     conn_->socket().set_option(tcp::no_delay(true), ignored);
+    conn_->socket().non_blocking(true, ignored);  // for write_now
     write();
   }
 
   void write() {
-    conn_->expires_after(t_.connect + std::chrono::seconds(30));
-    std::array<asio::const_buffer, 2> bufs{asio::buffer(head_), asio::buffer(body_)};
-    asio::async_write(*conn_, bufs, [self = shared_from_this()](beast::error_code ec, size_t) {
+    bufs_ = {asio::buffer(head_), asio::buffer(body_)};
+    write_now(*conn_, bufs_, t_.connect + std::chrono::seconds(30), [self = shared_from_this()](beast::error_code ec) {
       if (self->done_) return;
       if (ec) return self->retry_or_fail("sending to " + self->key_ + ": " + ec.message());
       self->read_head();
@@ -273,6 +274,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   uint16_t port_;
   std::string key_;
   std::string head_, body_;  // the request, written as it is to every connection tried
+  std::array<asio::const_buffer, 2> bufs_;  // the two, for write_now (valid until it is done)
   UpstreamCallbacks cb_;
   UpstreamTimeouts t_;
   IoExecutor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
