@@ -102,6 +102,8 @@ bool hop_by_hop(std::string_view name) {
   return false;
 }
 
+constexpr size_t kReadRoom = 16 * 1024;
+
 class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
  public:
   Call(std::shared_ptr<UpstreamPool::Impl> pool, std::string host, uint16_t port, UpstreamRequest req,
@@ -197,6 +199,10 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   }
 
   void read_head() {
+    // Beast reads into a flat_buffer as much as its capacity allows, starting at 512 bytes: a
+    // typical answer (a completion, a short stream) then took 3-4 reads. With room for one, it
+    // takes one.
+    buf_.reserve(kReadRoom);
     parser_.emplace();
     parser_->body_limit(std::uint64_t(1) << 40);  // replies are relayed, never held whole here
     conn_->expires_after(t_.first_byte);
