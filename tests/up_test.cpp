@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "support/server_process.h"
+#include "util/proc.h"
 
 using namespace aicloud;
 using namespace aicloud::test;
@@ -27,19 +28,6 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Processes whose command line mentions s.
-std::vector<pid_t> processes_mentioning(const std::string& s) {
-  std::vector<pid_t> out;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream f(e.path() / "cmdline", std::ios::binary);
-    std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (cmd.find(s) != std::string::npos && pid_t(std::stol(name)) != getpid()) out.push_back(pid_t(std::stol(name)));
-  }
-  return out;
-}
 
 struct UpProcess {
   pid_t pid = -1;

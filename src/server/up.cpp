@@ -24,6 +24,7 @@
 #include "models/engine.h"
 #include "models/tiny.h"
 #include "util/json_util.h"
+#include "util/proc.h"
 
 namespace aicloud {
 namespace fs = std::filesystem;
@@ -147,20 +148,7 @@ void stop_child(pid_t& pid, std::chrono::milliseconds grace) {
 
 // The processes whose command line mentions dir/ : the workloads the agent started (their
 // supervisors and the model engines), which outlive an agent by design.
-std::vector<pid_t> processes_under(const std::string& dir) {
-  std::vector<pid_t> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    pid_t pid = pid_t(std::stol(name));
-    if (pid == getpid()) continue;
-    std::ifstream f(e.path() / "cmdline", std::ios::binary);
-    std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (cmd.find(dir + "/") != std::string::npos) out.push_back(pid);
-  }
-  return out;
-}
+std::vector<pid_t> processes_under(const std::string& dir) { return processes_mentioning(dir + "/"); }
 
 void stop_workloads(const std::string& node_dir) {
   if (node_dir.size() < 8) return;

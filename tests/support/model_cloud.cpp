@@ -1,4 +1,5 @@
 #include "support/model_cloud.h"
+#include "util/proc.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -83,20 +84,21 @@ http::ClientResponse ModelCloud::post(const std::string& key, const std::string&
 
 std::map<pid_t, int> ModelCloud::engine_processes() const {
   std::map<pid_t, int> out;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream f(e.path() / "cmdline", std::ios::binary);
+  for (pid_t pid : processes_mentioning(work.path() + "/")) {
     std::vector<std::string> argv;
-    for (std::string a; std::getline(f, a, '\0');) argv.push_back(a);
+    std::string cmdline = process_cmdline(pid);
+    for (size_t b = 0, e; b < cmdline.size(); b = e + 1) {
+      e = cmdline.find('\0', b);
+      if (e == std::string::npos) e = cmdline.size();
+      argv.push_back(cmdline.substr(b, e - b));
+    }
     if (argv.empty() || argv[0].rfind(work.path() + "/", 0) != 0) continue;
     if (std::filesystem::path(argv[0]).filename() != "llama-server") continue;
     int port = -1;
     for (size_t i = 0; i + 1 < argv.size(); ++i) {
       if (argv[i] == "--port") port = std::atoi(argv[i + 1].c_str());
     }
-    out[pid_t(std::stol(name))] = port;
+    out[pid] = port;
   }
   return out;
 }

@@ -1,4 +1,5 @@
 #include "support/server_process.h"
+#include "util/proc.h"
 
 #include <iterator>
 
@@ -66,16 +67,7 @@ namespace {
 // SIGKILL to every process whose command line mentions dir (it runs from it or on its files).
 void kill_processes_under(const std::string& dir) {
   if (dir.size() < 8) return;  // never a short path such as "/" or "/tmp"
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    pid_t pid = pid_t(std::stol(name));
-    if (pid == getpid()) continue;
-    std::ifstream f(e.path() / "cmdline", std::ios::binary);
-    std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (cmd.find(dir + "/") != std::string::npos) ::kill(pid, SIGKILL);
-  }
+  for (pid_t pid : processes_mentioning(dir + "/")) ::kill(pid, SIGKILL);
 }
 
 }  // namespace
