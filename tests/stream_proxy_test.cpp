@@ -222,6 +222,16 @@ TEST_F(StreamProxy, ThePoolSendsTheRequestAsGivenAndDropsUnsafeFields) {
   EXPECT_EQ(body.substr(body.size() - 7), "\n\nhello") << body;
 }
 
+TEST_F(StreamProxy, ARequestLineThatWouldSplitIsRefused) {
+  for (auto [method, target] : {std::pair<std::string, std::string>{"GET", "/a b"}, {"GET", "/a\r\nX: y"},
+                                {"G T", "/a"}, {"GET", ""}}) {
+    UpstreamRequest req;
+    req.method = method;
+    req.target = target;
+    EXPECT_THROW(pool->send("127.0.0.1", up_srv->server->port(), std::move(req), {}), std::invalid_argument) << target;
+  }
+}
+
 TEST_F(StreamProxy, StreamsArriveInPiecesAndEnd) {
   RawConn conn(proxy_srv->url());
   auto t0 = std::chrono::steady_clock::now();

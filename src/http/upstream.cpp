@@ -4,7 +4,9 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <algorithm>
 #include <array>
+#include <stdexcept>
 #include <mutex>
 #include <unordered_map>
 
@@ -303,6 +305,14 @@ UpstreamPool::~UpstreamPool() = default;
 
 std::shared_ptr<UpstreamCall> UpstreamPool::send(const std::string& host, uint16_t port, UpstreamRequest req,
                                                  UpstreamCallbacks cb, UpstreamTimeouts timeouts) {
+  // The request line is written as given: a method that is not a token or a target with a
+  // space or a control byte would split it (callers pass fixed paths; this is the backstop).
+  bool target_ok = !req.target.empty() && std::none_of(req.target.begin(), req.target.end(), [](unsigned char c) {
+    return c <= 32 || c == 127;
+  });
+  if (!field_name_ok(req.method) || !target_ok) {
+    throw std::invalid_argument("upstream request: invalid method or target '" + req.method + " " + req.target + "'");
+  }
   auto call = std::make_shared<Call>(impl_, host, port, std::move(req), std::move(cb), timeouts);
   call->start();
   return call;

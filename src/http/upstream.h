@@ -69,7 +69,8 @@ class UpstreamPool {
   UpstreamPool(const UpstreamPool&) = delete;
   UpstreamPool& operator=(const UpstreamPool&) = delete;
 
-  // Sends req to host:port.
+  // Sends req to host:port. Throws std::invalid_argument for a method that is not a token or
+  // a target with a space or control byte.
   std::shared_ptr<UpstreamCall> send(const std::string& host, uint16_t port, UpstreamRequest req, UpstreamCallbacks cb,
                                      UpstreamTimeouts timeouts = {});
 
