@@ -395,6 +395,17 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void pump() {
     if (!out_ || out_writing_) return;
+    if (pumping_) {
+      // Called back by a piece that write_now sent inline: the next piece goes on a later turn,
+      // so that a producer on another thread that keeps writing cannot deepen this stack.
+      asio::post(stream_.get_executor(), [self = shared_from_this()] { self->pump(); });
+      return;
+    }
+    struct Pumping {
+      bool& b;
+      explicit Pumping(bool& f) : b(f) { b = true; }
+      ~Pumping() { b = false; }
+    } pumping(pumping_);
     auto p = out_->pull();
     pending_ += p.data;
     if (p.head) {
@@ -503,6 +514,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string pending_, writing_;
   unsigned out_version_ = 11;
   bool out_close_ = false, out_head_sent_ = false, out_writing_ = false;
+  bool pumping_ = false;  // pump() is on the stack
   uint64_t out_gen_ = 0;   // numbers the session's produced responses, for watch_due()
   bool watching_ = false;  // a peer watch (a read) is queued
   bool resume_after_watch_ = false;  // the response ended while it was: its completion reads on
