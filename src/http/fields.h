@@ -22,6 +22,12 @@ inline bool field_name_ok(std::string_view n) {
   return true;
 }
 
+// The fields that frame a message (its length and the connection's fate): the writer's own,
+// never copied from what a caller passes.
+inline bool framing_field(std::string_view n) {
+  return same_field(n, "content-length") || same_field(n, "transfer-encoding") || same_field(n, "connection");
+}
+
 // A field value must not hold CR or LF (which would end the field, or the head, early).
 inline bool field_value_ok(std::string_view v) { return v.find_first_of("\r\n") == std::string_view::npos; }
 

@@ -127,8 +127,7 @@ static std::string response_head(unsigned version, unsigned status, std::string_
   h += "\r\nServer: aicloud\r\n";
   for (size_t i = 0; i < fields.size(); ++i) {
     const auto& [name, value] = fields[i];
-    if (!field_name_ok(name) || !field_value_ok(value) || same_field(name, "content-length") ||
-        same_field(name, "transfer-encoding") || same_field(name, "connection") || same_field(name, "server")) {
+    if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "server")) {
       continue;
     }
     bool replaced = false;

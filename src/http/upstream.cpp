@@ -127,8 +127,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     h.reserve(128 + req.target.size());
     h.append(req.method).append(" ").append(req.target).append(" HTTP/1.1\r\n");
     for (const auto& [name, value] : req.headers) {
-      if (!field_name_ok(name) || !field_value_ok(value) || same_field(name, "host") ||
-          same_field(name, "content-length") || same_field(name, "transfer-encoding") || same_field(name, "connection")) {
+      if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "host")) {
         continue;
       }
       h.append(name).append(": ").append(value).append("\r\n");

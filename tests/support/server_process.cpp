@@ -1,7 +1,6 @@
 #include "support/server_process.h"
 #include "util/proc.h"
 
-#include <iterator>
 
 #include <csignal>
 
