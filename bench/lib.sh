@@ -46,11 +46,13 @@ create_org() {
   [[ "$KEY" == sk-admin-* ]] || die "could not create an admin key"
 }
 
-# free_port: a loopback port nothing listens on now.
+# free_port: a loopback port nothing listens on now, below the kernel's range of ephemeral ports
+# (a port there may be held by one end of a connection, which nginx's bind() then fails on).
 free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   for _ in $(seq 50); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (low - 10000)))
     (: </dev/tcp/127.0.0.1/$port) 2>/dev/null && continue
     echo "$port"
     return 0

@@ -23,6 +23,7 @@ namespace {
 using namespace std::chrono_literals;
 using test::RawConn;
 using test::RawResponse;
+namespace asio = boost::asio;
 
 // An upstream: /whole answers at once; /stream sends 5 pieces 50 ms apart from a thread;
 // /slow never answers until cancelled (it counts the cancellations it sees).
@@ -333,6 +334,93 @@ TEST_F(StreamProxy, FileBodiesAreSentFromDiskWithTheirRangeAndKeepAlive) {
   EXPECT_TRUE(r.body == content.substr(10, 3 << 20));
   EXPECT_EQ(c.request("POST", "/whole", "2", {{"Content-Type", "application/json"}}).status, 200u);  // same connection
   ::unlink(path.c_str());
+}
+
+// The pool parses responses itself (http/upstream.cpp): whatever the framing, and however the
+// bytes are split across reads, the head comes once, the body whole and in order, then the end;
+// a connection is pooled again only when its response ended cleanly with keep-alive.
+TEST_F(StreamProxy, ResponsesAreReadWhateverTheirFramingAndPacing) {
+  std::string big(40000, 'x');  // more than the pool's 16 KB body piece
+  for (size_t i = 0; i < big.size(); i += 97) big[i] = char('a' + i % 26);
+  std::string chunked_body = "hello, chunked world";
+  struct Case {
+    const char* name;
+    std::string response;
+    size_t piece;  // bytes per write (1: a byte at a time)
+    std::string body;
+    bool pooled;  // the connection may be reused afterwards
+  };
+  std::vector<Case> cases = {
+      {"content-length in one write", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nabcde", 1 << 20, "abcde", true},
+      {"content-length a byte at a time", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nabcde", 1, "abcde", true},
+      {"chunked a byte at a time",
+       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n7\r\nhello, \r\nd\r\nchunked world\r\n0\r\n\r\n", 1,
+       chunked_body, true},
+      {"large body", "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(big.size()) + "\r\nX-Up: 1\r\n\r\n" + big, 7000,
+       big, true},
+      {"body until close", "HTTP/1.1 200 OK\r\nConnection: close\r\nX-Up: 1\r\n\r\nuntil the end", 3, "until the end", false},
+      {"empty body", "HTTP/1.1 204 No Content\r\nX-Up: 1\r\n\r\n", 4, "", true},
+  };
+  for (const auto& c : cases) {
+    asio::io_context io;
+    asio::ip::tcp::acceptor acc(io, {asio::ip::make_address("127.0.0.1"), 0});
+    uint16_t port = acc.local_endpoint().port();
+    std::string request;
+    std::thread up([&] {
+      asio::ip::tcp::socket s(io);
+      acc.accept(s);
+      char buf[4096];
+      boost::system::error_code ec;
+      while (request.find("\r\n\r\nping") == std::string::npos && !ec) {
+        size_t n = s.read_some(asio::buffer(buf), ec);
+        request.append(buf, n);
+      }
+      for (size_t i = 0; i < c.response.size(); i += c.piece) {
+        asio::write(s, asio::buffer(c.response.data() + i, std::min(c.piece, c.response.size() - i)), ec);
+        if (c.piece < 10) std::this_thread::sleep_for(1ms);
+      }
+      if (!c.pooled) s.close();
+      else s.read_some(asio::buffer(buf), ec);  // held open until the pool lets go of it
+    });
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    int heads = 0;
+    unsigned status = 0;
+    std::string body, error, x_up;
+    UpstreamCallbacks cb;
+    cb.on_head = [&](const UpstreamHead& h) {
+      ++heads;
+      status = h.status;
+      for (const auto& [k, v] : h.headers) if (k == "X-Up") x_up = v;
+    };
+    cb.on_data = [&](std::string_view d) { body += d; };
+    cb.on_done = [&](const std::string& err, bool) {
+      std::lock_guard lk(mu);
+      error = err;
+      done = true;
+      cv.notify_all();
+    };
+    UpstreamRequest req;
+    req.target = "/x";
+    req.body = "ping";
+    size_t idle_before = pool->idle_connections();
+    pool->send("127.0.0.1", port, std::move(req), std::move(cb));
+    {
+      std::unique_lock lk(mu);
+      ASSERT_TRUE(cv.wait_for(lk, 10s, [&] { return done; })) << c.name;
+    }
+    EXPECT_EQ(error, "") << c.name;
+    EXPECT_EQ(heads, 1) << c.name;
+    EXPECT_EQ(x_up, "1") << c.name;
+    EXPECT_EQ(status, c.body.empty() ? 204u : 200u) << c.name;
+    EXPECT_TRUE(body == c.body) << c.name << ": " << body.size() << " bytes";
+    EXPECT_EQ(pool->idle_connections(), idle_before + (c.pooled ? 1 : 0)) << c.name;
+    pool.reset();  // closes the pooled connection: the upstream's thread sees it and ends
+    up.join();
+    pool = std::make_unique<UpstreamPool>(proxy_srv->server->io());
+    proxy.pool = pool.get();
+  }
 }
 
 TEST_F(StreamProxy, UnreachableUpstreamIsA502BeforeAnyByte) {

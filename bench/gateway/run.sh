@@ -26,6 +26,7 @@
 #                                 fdatasynced before the answers in it end; normal: each record is
 #                                 written to the OS first, which survives kill -9 but not a power cut)
 #   CASES="whole stream tokens"   whole and stream: the overhead cases; tokens: llama-server
+#   MODES="rate saturate"         which of the overhead cases' two loads to run
 #   SLOTS=4 MAX_TOKENS=64 TOKEN_SECONDS=8 TOKEN_ROUNDS=8   (short rounds, many of them: the
 #                                 machine's speed drifts by ±20% over minutes, so only back-to-back
 #                                 pairs compare, and the median of their ratios is the figure)
@@ -44,6 +45,7 @@ SERVER_THREADS=${SERVER_THREADS:-2}
 SYNC=${SYNC:-full}
 NGINX_WORKERS=${NGINX_WORKERS:-$SERVER_THREADS}
 CASES=${CASES:-whole stream tokens}
+MODES=${MODES:-rate saturate}
 SLOTS=${SLOTS:-4}
 MAX_TOKENS=${MAX_TOKENS:-64}
 TOKEN_SECONDS=${TOKEN_SECONDS:-8}
@@ -201,7 +203,7 @@ run() {
 
 echo "mode kind target rps p50_us p99_us errors tokens_per_s proxy_cpu_us_per_req"
 for r in $(seq "$RUNS"); do
-  for mode in rate saturate; do
+  for mode in $MODES; do
     if has_case whole; then
       run "$mode" whole direct "http://127.0.0.1:$P_WHOLE/v1/chat/completions" "$TMP/whole.json"
       run "$mode" whole nginx "http://127.0.0.1:$P_PROXY/v1/chat/completions" "$TMP/whole.json"
@@ -254,7 +256,7 @@ echo
 has_case whole || has_case stream &&
   echo "Medians of $RUNS runs (${DURATION}s each; rate = $RATE req/s open loop, saturate = $CONNS connections closed loop):" &&
   printf '%-9s %-7s %-8s %10s %9s %9s %12s %12s %9s\n' mode kind target "req/s" "p50 us" "p99 us" "added p50" "added p99" "vs nginx"
-for mode in rate saturate; do
+for mode in $MODES; do
   for kind in whole stream; do
     has_case "$kind" || continue
     d50=$(col $mode $kind direct 5) d99=$(col $mode $kind direct 6) nrps=$(col $mode $kind nginx 4)

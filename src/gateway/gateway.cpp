@@ -102,7 +102,14 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   std::string whole;    // non-streamed body (or an error body)
   std::string sse_buf;  // a streamed body's incomplete event
   std::string held;     // "data: [DONE]", held back until the usage record is durable
-  bool head_sent = false;
+  bool head_sent = false;  // the answer is a stream (a 200 with its events forwarded)
+  // What one upstream read brought is handed to the client once that read is through (a posted
+  // flush), so the head and the events of a read go out in one write. When the same read also
+  // ended the response, they wait for the end, which goes out once the usage record is durable:
+  // a short stream is then one write to the client, not three.
+  std::string to_client;
+  bool flush_posted = false, head_given = false;
+  bool finishing = false;  // (mu) finish_record has begun: the end carries what is left
 
   Exchange(Gateway& g, Lane& l) : gw(g), lane(l) {}
 
@@ -224,9 +231,34 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     headers.emplace_back("x-request-id", request_id);
     headers.insert(headers.end(), rl_headers.begin(), rl_headers.end());
     if (stream && status == 200) {
-      out->head(200, content_type.empty() ? "text/event-stream" : content_type, headers);
       head_sent = true;
+      flush_soon();
     }
+  }
+
+  void flush_soon() {
+    if (flush_posted) return;
+    flush_posted = true;
+    asio::post(*lane.io, [self = shared_from_this()] {
+      self->flush_posted = false;
+      self->emit({}, false, true);
+    });
+  }
+
+  // Gives the client's stream its head (the first time), what waits in to_client and `more`,
+  // and the end if asked. A flush (`flushing`) leaves all of it to the end once the response is
+  // finishing.
+  void emit(std::string more, bool end, bool flushing = false) {
+    std::lock_guard lk(mu);
+    if (flushing && finishing) return;
+    to_client += more;
+    if (!head_given) {
+      head_given = true;
+      out->head(200, content_type.empty() ? "text/event-stream" : content_type, headers, std::move(to_client), end);
+    } else if (!to_client.empty() || end) {
+      out->write(std::move(to_client), end);
+    }
+    to_client.clear();
   }
 
   void on_data(std::string_view d) {
@@ -261,7 +293,10 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       if (keep) forward.append(ev);
       sse_buf.erase(0, pos + 2);
     }
-    if (!forward.empty()) out->write(std::move(forward));
+    if (!forward.empty()) {
+      to_client += forward;
+      flush_soon();
+    }
   }
 
   void on_done(const std::string& err, bool got_response) {
@@ -283,17 +318,15 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       if (head_sent) {
         json e = {{"error", {{"message", "The model replica failed while streaming: " + err}, {"type", "server_error"},
                              {"param", nullptr}, {"code", "upstream_error"}}}};
-        out->write("data: " + dump_json(e) + "\n\n");
         held.clear();
-        return finish_record(502, [self = shared_from_this()] { self->out->end(); });
+        return finish_record(502, [self = shared_from_this(), ev = "data: " + dump_json(e) + "\n\n"]() mutable {
+          self->emit(std::move(ev), true);
+        });
       }
       return fail(ApiError(502, "server_error", "The model replica failed while answering: " + err, "upstream_error"));
     }
     if (head_sent) {
-      return finish_record(200, [self = shared_from_this()] {
-        if (!self->held.empty()) self->out->write(std::move(self->held));
-        self->out->end();
-      });
+      return finish_record(200, [self = shared_from_this()] { self->emit(std::move(self->held), true); });
     }
     // A whole (non-streamed, or error) response.
     if (status == 200 && is_json_type(content_type)) read_usage(std::string_view(whole), rec);
@@ -320,6 +353,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       std::lock_guard lk(mu);
       if (rec.status != 0) return;  // recorded already
       done = true;
+      finishing = true;
       rec.status = http_status;
     }
     // The tokens reserved up front, corrected by what the engine reported (none: all back).
@@ -336,8 +370,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
           ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"),
           self->request_id);
       if (self->head_sent) {
-        self->out->write("data: " + r.body + "\n\n");
-        self->out->end();
+        self->emit("data: " + r.body + "\n\n", true);
       } else {
         self->out->reply(std::move(r));
       }

@@ -327,11 +327,11 @@ class Session : public std::enable_shared_from_this<Session> {
     srv_.watch_later(ctx_, shared_from_this(), ++out_gen_);
     std::weak_ptr<Session> weak = weak_from_this();
     auto ex = stream_.get_executor();
-    out_->attach([weak, ex](bool whole) {
-      // A whole reply made on this session's own thread (the gateway's, once its usage record is
-      // written) goes out now; anything else is pumped on a later turn, which also gathers a
-      // stream's head and first pieces into one write.
-      if (whole && ex.running_in_this_thread()) {
+    out_->attach([weak, ex](bool complete) {
+      // A complete response (a whole reply, or a stream's end) made on this session's own thread
+      // (the gateway's, once its usage record is written) goes out now; anything else is pumped
+      // on a later turn, which also gathers a stream's pieces into one write.
+      if (complete && ex.running_in_this_thread()) {
         if (auto self = weak.lock()) self->pump();
         return;
       }

@@ -35,7 +35,10 @@ class ResponseStream {
     }
     if (n) n(true);
   }
-  void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {}) {
+  // A stream's head, optionally with its first data and its end (a producer that has it all
+  // at once then costs the session one notification).
+  void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {},
+            std::string first = {}, bool last = false) {
     std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
@@ -45,31 +48,30 @@ class ResponseStream {
       head_->content_type = std::move(content_type);
       head_->headers = std::move(headers);
       streaming_ = true;
-      n = notify_;
+      if (!first.empty()) queued_.push_back(std::move(first));
+      ended_ = last;
+      n = take_notify(last);
     }
-    if (n) n(false);
+    if (n) n(last);
   }
-  void write(std::string chunk) {
-    if (chunk.empty()) return;  // an empty chunk would end the chunked body
-    std::function<void(bool)> n;
-    {
-      std::lock_guard lk(mu_);
-      if (!head_ || ended_ || cancelled_) return;
-      queued_.push_back(std::move(chunk));
-      n = notify_;
-    }
-    if (n) n(false);
-  }
-  void end() {
+  // A piece of the stream (an empty one adds nothing: it would end the chunked body), and its
+  // end if `last`.
+  void write(std::string chunk, bool last = false) {
     std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
       if (!head_ || ended_) return;
-      ended_ = true;
-      n = notify_;
+      if (cancelled_) {
+        ended_ = ended_ || last;
+        return;
+      }
+      if (!chunk.empty()) queued_.push_back(std::move(chunk));
+      ended_ = last;
+      n = take_notify(last);
     }
-    if (n) n(false);
+    if (n) n(last);
   }
+  void end() { write({}, true); }
   // Called at most once, when the client goes away before end(). Runs on the caller of
   // cancel() (an io thread): keep it short.
   void on_cancel(std::function<void()> f) {
@@ -110,19 +112,23 @@ class ResponseStream {
     std::string data;  // everything written since the last pull
     bool end = false;  // nothing more will come
   };
-  // notify(whole) runs after each change; whole: a reply() (the response is complete), which the
-  // session may send at once, where pieces of a stream are better gathered into one write.
-  void attach(std::function<void(bool whole)> notify) {
+  // notify(complete) runs after a change; complete: nothing more will come (a reply(), or a
+  // stream's end), so the session may send it at once, where pieces of a stream are better
+  // gathered into one write. Pieces that follow a notification the session has not yet answered
+  // with pull() do not notify again.
+  void attach(std::function<void(bool complete)> notify) {
     std::function<void(bool)> n;
     {
       std::lock_guard lk(mu_);
       notify_ = std::move(notify);
       n = notify_;
+      notified_ = true;
     }
     n(false);  // the producer may have finished before the session attached
   }
   Pulled pull() {
     std::lock_guard lk(mu_);
+    notified_ = false;
     Pulled p;
     if (head_ && !head_taken_) {
       p.head = head_;
@@ -165,7 +171,16 @@ class ResponseStream {
   bool cancelled_ = false;
   bool stopped_ = false;
   std::deque<std::string> queued_;
-  std::function<void(bool whole)> notify_;
+  std::function<void(bool complete)> notify_;
+  bool notified_ = false;  // a notify has gone out that no pull() has answered yet
+
+  // Pieces of a stream notify once until the consumer pulls; its end always does, as complete
+  // (the session may then send it at once, with nothing more to gather).
+  std::function<void(bool)> take_notify(bool complete) {
+    if ((notified_ && !complete) || !notify_) return nullptr;
+    notified_ = true;
+    return notify_;
+  }
   std::function<void()> on_cancel_;
   std::function<void()> on_stop_;
 };

@@ -195,37 +195,79 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     write_now(*conn_, bufs_, t_.connect + std::chrono::seconds(30), [self = shared_from_this()](beast::error_code ec) {
       if (self->done_) return;
       if (ec) return self->retry_or_fail("sending to " + self->key_ + ": " + ec.message());
-      self->read_head();
+      self->read_response();
     });
   }
 
-  void read_head() {
-    // Beast reads into a flat_buffer as much as its capacity allows, starting at 512 bytes: a
-    // typical answer (a completion, a short stream) then took 3-4 reads. With room for one, it
-    // takes one.
+  // The response is read and parsed by hand rather than with Beast's composed reads: those
+  // complete through a posted handler even when the bytes are already in the buffer, so the head
+  // and the body of an answer that came in one read took two turns of the event loop. Here one
+  // read delivers the head, the body and the end in the same turn.
+  void read_response() {
+    // Room for a typical answer (a completion, a short stream) in one read: Beast's buffer
+    // started at 512 bytes, which took 3-4.
     buf_.reserve(kReadRoom);
     parser_.emplace();
     parser_->body_limit(std::uint64_t(1) << 40);  // replies are relayed, never held whole here
-    conn_->expires_after(t_.first_byte);
-    bhttp::async_read_header(*conn_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    head_delivered_ = false;
+    read_more();
+  }
+
+  void read_more() {
+    conn_->expires_after(got_response_ ? t_.idle : t_.first_byte);
+    conn_->async_read_some(buf_.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
       if (self->done_) return;
-      if (ec) return self->retry_or_fail("reading from " + self->key_ + ": " + ec.message());
-      self->got_response_ = true;
-      const auto& h = self->parser_->get();
-      UpstreamHead head;
-      head.status = h.result_int();
-      for (const auto& f : h) {
-        std::string_view name = f.name_string();
-        if (f.name() == bhttp::field::content_type) {
-          head.content_type = std::string(f.value());
-        } else if (!hop_by_hop(name)) {
-          head.headers.emplace_back(std::string(name), std::string(f.value()));
-        }
+      self->buf_.commit(n);
+      if (n > 0) self->got_response_ = true;
+      if (ec == asio::error::eof && self->parser_->got_some()) {
+        self->parser_->put_eof(ec);  // a body that ends with the connection, or a cut-off one
+        if (!ec) return self->parse();
       }
-      if (self->cb_.on_head) self->cb_.on_head(head);
-      if (self->done_) return;  // on_head may cancel
-      self->read_body();
+      if (ec && !self->got_response_) return self->retry_or_fail("reading from " + self->key_ + ": " + ec.message());
+      if (ec) return self->finish("reading from " + self->key_ + ": " + ec.message(), true, false);
+      self->parse();
     });
+  }
+
+  // Feeds what the buffer holds to the parser: the head once, body bytes as they come (chunking
+  // removed), then the end; reads more when the parser needs it.
+  void parse() {
+    while (!done_) {
+      beast::error_code ec = bhttp::error::need_more;
+      if (head_delivered_) {
+        parser_->get().body().data = chunk_;
+        parser_->get().body().size = sizeof chunk_;
+      }
+      if (buf_.size() > 0) buf_.consume(parser_->put(buf_.data(), ec));
+      if (!head_delivered_ && parser_->is_header_done()) {
+        head_delivered_ = true;
+        deliver_head();
+      } else if (head_delivered_) {
+        size_t n = sizeof chunk_ - parser_->get().body().size;
+        if (n > 0 && cb_.on_data) cb_.on_data(std::string_view(chunk_, n));
+      }
+      if (done_) return;  // on_head and on_data may cancel
+      if (parser_->is_done()) return finish("", true, parser_->keep_alive());
+      if (ec == bhttp::error::need_more) return read_more();
+      if (ec && ec != bhttp::error::need_buffer) {
+        return finish("reading from " + key_ + ": " + ec.message(), got_response_, false);
+      }
+    }
+  }
+
+  void deliver_head() {
+    const auto& h = parser_->get();
+    UpstreamHead head;
+    head.status = h.result_int();
+    for (const auto& f : h) {
+      std::string_view name = f.name_string();
+      if (f.name() == bhttp::field::content_type) {
+        head.content_type = std::string(f.value());
+      } else if (!hop_by_hop(name)) {
+        head.headers.emplace_back(std::string(name), std::string(f.value()));
+      }
+    }
+    if (cb_.on_head) cb_.on_head(head);
   }
 
   // A stale pooled connection (the upstream closed it while idle) fails before any byte of the
@@ -241,22 +283,6 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       return;
     }
     finish(err, got_response_, false);
-  }
-
-  void read_body() {
-    if (parser_->is_done()) return finish("", true, parser_->keep_alive());
-    parser_->get().body().data = chunk_;
-    parser_->get().body().size = sizeof chunk_;
-    conn_->expires_after(t_.idle);
-    bhttp::async_read(*conn_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (self->done_) return;
-      if (ec == bhttp::error::need_buffer) ec = {};
-      size_t n = sizeof self->chunk_ - self->parser_->get().body().size;
-      if (n > 0 && self->cb_.on_data) self->cb_.on_data(std::string_view(self->chunk_, n));
-      if (self->done_) return;  // on_data may cancel
-      if (ec) return self->finish("reading from " + self->key_ + ": " + ec.message(), true, false);
-      self->read_body();
-    });
   }
 
   void finish(const std::string& err, bool got_response, bool reusable) {
@@ -290,7 +316,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   beast::flat_buffer buf_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
   char chunk_[16 * 1024];
-  bool reused_ = false, got_response_ = false, done_ = false;
+  bool reused_ = false, got_response_ = false, head_delivered_ = false, done_ = false;
 };
 
 }  // namespace
