@@ -6,7 +6,9 @@
 # Overhead: nginx serves a canned chat completion (and a canned SSE stream with a usage chunk) on
 # loopback. The same request is sent three ways, each run interleaved with the others:
 #   direct   to that nginx;
-#   nginx    through a second nginx server block acting as a reverse proxy (keep-alive upstream);
+#   nginx    through a second nginx, a reverse proxy (keep-alive upstream) in its own processes,
+#            as the gateway is (NGINX_PROXY=shared: the proxy as server blocks of the canned nginx
+#            instead, so that its workers serve both roles and often hand a request to themselves);
 #   gateway  through aicloud: the canned nginx is an operator-registered external endpoint
 #            (gateway/endpoints.h), so the request is authenticated with a project key,
 #            rate-limited and metered (its usage record journaled, and with --sync full
@@ -22,6 +24,7 @@
 #   RUNS=3 DURATION=10 WARMUP=2   rounds, seconds measured per run, warm-up seconds per run
 #   RATE=2000 CONNS=32            the fixed rate (requests/s) and connections (keep-alive)
 #   SERVER_THREADS=2              aicloud server --threads; nginx worker_processes the same
+#   NGINX_PROXY=separate          separate | shared (see above)
 #   SYNC=full                     aicloud server --sync (full: each group of usage records is
 #                                 fdatasynced before the answers in it end; normal: each record is
 #                                 written to the OS first, which survives kill -9 but not a power cut)
@@ -44,6 +47,8 @@ CONNS=${CONNS:-32}
 SERVER_THREADS=${SERVER_THREADS:-2}
 SYNC=${SYNC:-full}
 NGINX_WORKERS=${NGINX_WORKERS:-$SERVER_THREADS}
+NGINX_PROXY=${NGINX_PROXY:-separate}
+case $NGINX_PROXY in separate | shared) ;; *) echo "bench: NGINX_PROXY is separate or shared" >&2; exit 1 ;; esac
 CASES=${CASES:-whole stream tokens}
 MODES=${MODES:-rate saturate}
 SLOTS=${SLOTS:-4}
@@ -65,10 +70,10 @@ if has_case tokens && [ ! -x "$ENGINE" ]; then
   CASES=${CASES//tokens/}
 fi
 
-SERVER_PID="" NGINX_PID="" ENGINE_PID=""
+SERVER_PID="" NGINX_PID="" PROXY_PID="" ENGINE_PID=""
 cleanup() {
   local rc=$?
-  for pid in $ENGINE_PID $NGINX_PID $SERVER_PID; do
+  for pid in $ENGINE_PID $PROXY_PID $NGINX_PID $SERVER_PID; do
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
@@ -89,52 +94,76 @@ for w in Hello '!' ' How' ' can' ' I' ' help' ' you' ' today' '?'; do
 done
 SSE+='data: {"id":"chatcmpl-canned","object":"chat.completion.chunk","created":1700000000,"model":"canned","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}\n\ndata: [DONE]\n\n'
 P_WHOLE=$(free_port) P_STREAM=$(free_port) P_PROXY=$(free_port) P_PROXY_STREAM=$(free_port)
-NG=$TMP/nginx
-mkdir -p "$NG/logs"
-chmod 711 "$TMP" "$NG"
-cat >"$NG/nginx.conf" <<EOF
+# nginx_conf DIR SERVERS: a whole nginx.conf around SERVERS (its http block's servers).
+nginx_conf() {
+  mkdir -p "$1/logs"
+  chmod 711 "$1"
+  cat >"$1/nginx.conf" <<EOF
 daemon off;
 master_process on;
 worker_processes $NGINX_WORKERS;
-pid $NG/nginx.pid;
-error_log $NG/logs/error.log warn;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   tcp_nodelay on;
   keepalive_timeout 75s;
   keepalive_requests 100000000;
-$(nginx_prelude "$NG")
-  upstream canned_whole { server 127.0.0.1:$P_WHOLE; keepalive 64; }
-  upstream canned_stream { server 127.0.0.1:$P_STREAM; keepalive 64; }
+$(nginx_prelude "$1")
+$2
+}
+EOF
+}
+# start_nginx DIR PROBE_PORT: starts it in the background; NGINX_STARTED is its master's pid.
+start_nginx() {
+  "$NGINX" -p "$1/" -c "$1/nginx.conf" -e "$1/logs/error.log" >"$1/logs/stdout.log" 2>&1 &
+  NGINX_STARTED=$!
+  for _ in $(seq 50); do
+    curl -s -o /dev/null -X POST "http://127.0.0.1:$2/v1/chat/completions" -d '{}' 2>/dev/null && return 0
+    kill -0 "$NGINX_STARTED" 2>/dev/null || { cat "$1/logs/error.log" >&2; die "nginx exited"; }
+    sleep 0.1
+  done
+  die "nginx ($1) does not answer"
+}
+chmod 711 "$TMP"
+CANNED="
   server {
     listen 127.0.0.1:$P_WHOLE;
     location / { default_type application/json; return 200 '$WHOLE'; }
   }
   server {
     listen 127.0.0.1:$P_STREAM;
-    location / { default_type text/event-stream; return 200 "$(printf '%s' "$SSE" | sed 's/"/\\"/g')"; }
-  }
+    location / { default_type text/event-stream; return 200 \"$(printf '%s' "$SSE" | sed 's/"/\\"/g')\"; }
+  }"
+PROXY="
+  upstream canned_whole { server 127.0.0.1:$P_WHOLE; keepalive 64; }
+  upstream canned_stream { server 127.0.0.1:$P_STREAM; keepalive 64; }
   server {
     listen 127.0.0.1:$P_PROXY;
-    location / { proxy_pass http://canned_whole; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { proxy_pass http://canned_whole; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }
   server {
     listen 127.0.0.1:$P_PROXY_STREAM;
     location / {
-      proxy_pass http://canned_stream; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://canned_stream; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_buffering off;
     }
-  }
-}
-EOF
-"$NGINX" -p "$NG/" -c "$NG/nginx.conf" -e "$NG/logs/error.log" >"$NG/logs/stdout.log" 2>&1 &
-NGINX_PID=$!
-for _ in $(seq 50); do
-  curl -sf -X POST "http://127.0.0.1:$P_PROXY/v1/chat/completions" -d '{}' >/dev/null 2>&1 && break
-  kill -0 "$NGINX_PID" 2>/dev/null || { cat "$NG/logs/error.log" >&2; die "nginx exited"; }
-  sleep 0.1
-done
+  }"
+if [ "$NGINX_PROXY" = shared ]; then
+  nginx_conf "$TMP/nginx" "$CANNED$PROXY"
+  start_nginx "$TMP/nginx" "$P_PROXY"
+  NGINX_PID=$NGINX_STARTED PROXY_PID=$NGINX_STARTED
+else
+  nginx_conf "$TMP/nginx" "$CANNED"
+  nginx_conf "$TMP/nginx-proxy" "$PROXY"
+  start_nginx "$TMP/nginx" "$P_WHOLE"
+  NGINX_PID=$NGINX_STARTED
+  start_nginx "$TMP/nginx-proxy" "$P_PROXY"
+  PROXY_PID=$NGINX_STARTED
+fi
+curl -sf -X POST "http://127.0.0.1:$P_PROXY/v1/chat/completions" -d '{}' | grep -q chatcmpl-canned ||
+  die "the canned completion is not served through the proxy"
 curl -sf -X POST "http://127.0.0.1:$P_PROXY_STREAM/v1/chat/completions" -d '{}' | grep -q '\[DONE\]' ||
   die "the canned stream is not served"
 
@@ -172,7 +201,7 @@ if [ -n "${HOLD:-}" ]; then  # for profiling: keep everything up and say how to 
   cat <<EOT
 bench: holding (Ctrl-C ends). Drive the gateway with:
   $LOADGEN --url $URL/v1/chat/completions --body-file $TMP/whole.json --key $PKEY --connections $CONNS --seconds 10
-server pid $SERVER_PID; nginx direct :$P_WHOLE, proxy :$P_PROXY, stream direct :$P_STREAM, proxy :$P_PROXY_STREAM
+server pid $SERVER_PID; nginx direct :$P_WHOLE, proxy :$P_PROXY, stream direct :$P_STREAM, proxy :$P_PROXY_STREAM; nginx pid $NGINX_PID, proxy pid $PROXY_PID ($NGINX_PROXY)
 EOT
   sleep infinity
 fi
@@ -187,6 +216,7 @@ run() {
   [ "$mode" = rate ] && rate=$RATE
   [ "$mode" = tokens ] && { conns=$SLOTS; secs=$TOKEN_SECONDS; }
   pid=$NGINX_PID
+  [ "$target" = nginx ] && pid=$PROXY_PID
   [ "$target" = gateway ] && pid=$SERVER_PID
   c0=$(cpu_ticks "$pid")
   out=$("$LOADGEN" --url "$url" --body-file "$bodyf" ${key:+--key "$key"} --connections "$conns" --rate "$rate" \

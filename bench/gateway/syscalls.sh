@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # System calls and context switches per request at saturation, counted exactly on the kernel's
 # syscall tracepoints (perf stat: no strace slowdown): the aicloud gateway, nginx serving the
-# canned answer directly, and nginx as a reverse proxy in front of it. nginx serves both roles in
-# one set of workers (bench/gateway/run.sh), so the proxy's own counts are the proxy case less the
-# direct case.
+# canned answer directly, and nginx as a reverse proxy in front of it, counted on the proxy's own
+# workers (bench/gateway/run.sh; with NGINX_PROXY=shared one set of workers serves both roles, so
+# the proxy's own counts are the proxy case less the direct case).
 #
 #   bench/gateway/syscalls.sh        (CASE=whole|stream DURATION=4 CONNS=32 SYNC=normal;
 #                                     AICLOUD_BIN and LOADGEN as for run.sh)
@@ -39,7 +39,11 @@ else
   DIRECT=$(sed -n 's/.*nginx direct :\([0-9]*\),.*/\1/p' <<<"$line")
   PROXY=$(sed -n 's/.*nginx direct :[0-9]*, proxy :\([0-9]*\),.*/\1/p' <<<"$line")
 fi
-WORKERS=$(pgrep -d, -f "nginx: worker process" -P "$(pgrep -f "nginx: master.*aicloud-gwbench" | head -n1)")
+NGINX_PID=$(sed -n 's/.*nginx pid \([0-9]*\),.*/\1/p' <<<"$line")
+PROXY_PID=$(sed -n 's/.*proxy pid \([0-9]*\) .*/\1/p' <<<"$line")
+WORKERS=$(pgrep -d, -P "$NGINX_PID")
+PROXY_WORKERS=$(pgrep -d, -P "$PROXY_PID")
+SHARED=$([ "$NGINX_PID" = "$PROXY_PID" ] && echo 1 || echo 0)
 
 EVENTS=context-switches
 for s in sendmsg sendto writev recvmsg recvfrom epoll_wait epoll_ctl pwrite64 timerfd_settime futex getsockopt; do
@@ -57,9 +61,9 @@ count() {
 }
 count "$SERVER_PID" "$GW_URL" "$KEY" >"$LOG.gw"
 count "$WORKERS" "http://127.0.0.1:$DIRECT/v1/chat/completions" >"$LOG.direct"
-count "$WORKERS" "http://127.0.0.1:$PROXY/v1/chat/completions" >"$LOG.proxy"
+count "$PROXY_WORKERS" "http://127.0.0.1:$PROXY/v1/chat/completions" >"$LOG.proxy"
 
 echo "Per request at saturation ($CASE, $CONNS connections, ${SECONDS_RUN}s each):"
-printf '%-18s %10s %14s %18s\n' "" gateway "nginx direct" "nginx proxy only"
+printf '%-18s %10s %14s %18s\n' "" gateway "nginx direct" "nginx proxy"
 join <(sort "$LOG.gw") <(sort "$LOG.direct") | join - <(sort "$LOG.proxy") |
-  awk '{ p = $1 == "requests/s" ? $4 : $4 - $3; printf "%-18s %10s %14s %18s\n", $1, $2, $3, (p < 0 ? 0 : p) }'
+  awk -v shared="$SHARED" '{ p = $1 == "requests/s" || !shared ? $4 : $4 - $3; printf "%-18s %10s %14s %18s\n", $1, $2, $3, (p < 0 ? 0 : p) }'
