@@ -217,6 +217,32 @@ TEST_P(MeterModes, ABatchJournalsOneLoopTurnWithOneWrite) {
 INSTANTIATE_TEST_SUITE_P(Sync, MeterModes, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "Fdatasync" : "WriteOnly"; });
 
+// The frames' checksum is part of the on-disk format: the standard CRC-32, whatever the way it is
+// computed (a journal left by an older build must still fold).
+TEST(UsageJournal, TheChecksumIsTheStandardCrc32) {
+  EXPECT_EQ(journal::crc32(""), 0u);
+  EXPECT_EQ(journal::crc32("123456789"), 0xCBF43926u);
+  EXPECT_EQ(journal::crc32("The quick brown fox jumps over the lazy dog"), 0x414FA339u);
+  // Against a bit at a time, for every length and alignment up to 64 bytes, and chained.
+  std::string data;
+  for (int i = 0; i < 200; ++i) data.push_back(char(i * 37 + 11));
+  auto bitwise = [](std::string_view d) {
+    uint32_t c = ~0u;
+    for (unsigned char b : d) {
+      c ^= b;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    }
+    return ~c;
+  };
+  for (size_t off = 0; off < 8; ++off) {
+    for (size_t len = 0; len <= 64; ++len) {
+      std::string_view d = std::string_view(data).substr(off, len);
+      ASSERT_EQ(journal::crc32(d), bitwise(d)) << off << " " << len;
+      ASSERT_EQ(journal::crc32(d.substr(len / 2), journal::crc32(d.substr(0, len / 2))), bitwise(d)) << off << " " << len;
+    }
+  }
+}
+
 TEST(UsageJournal, DecodeStopsAtATornFrameAndAtFramesOfAnOlderSegment) {
   std::string seg7, seg3;
   for (int i = 0; i < 3; ++i) journal::encode(record(i), 7, seg7);

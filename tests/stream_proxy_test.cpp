@@ -423,6 +423,50 @@ TEST_F(StreamProxy, ResponsesAreReadWhateverTheirFramingAndPacing) {
   }
 }
 
+// An upstream that takes the request and never answers: the call ends when the first byte is
+// due, as one that got no response (so the gateway may try another replica).
+TEST_F(StreamProxy, AnUpstreamThatNeverAnswersTimesOutAtTheFirstByte) {
+  asio::io_context io;
+  asio::ip::tcp::acceptor acc(io, {asio::ip::make_address("127.0.0.1"), 0});
+  uint16_t port = acc.local_endpoint().port();
+  std::thread up([&] {
+    asio::ip::tcp::socket s(io);
+    acc.accept(s);
+    char buf[4096];
+    boost::system::error_code ec;
+    while (!ec) s.read_some(asio::buffer(buf), ec);  // reads until the pool closes the connection
+  });
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, got = true;
+  std::string error;
+  UpstreamCallbacks cb;
+  cb.on_done = [&](const std::string& err, bool got_response) {
+    std::lock_guard lk(mu);
+    error = err;
+    got = got_response;
+    done = true;
+    cv.notify_all();
+  };
+  UpstreamRequest req;
+  req.target = "/x";
+  UpstreamTimeouts t;
+  t.first_byte = std::chrono::milliseconds(300);
+  auto t0 = std::chrono::steady_clock::now();
+  pool->send("127.0.0.1", port, std::move(req), std::move(cb), t);
+  {
+    std::unique_lock lk(mu);
+    ASSERT_TRUE(cv.wait_for(lk, 10s, [&] { return done; }));
+  }
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_NE(error.find("timeout"), std::string::npos) << error;
+  EXPECT_FALSE(got);
+  EXPECT_GE(took, 250ms);
+  EXPECT_LT(took, 5s);
+  up.join();
+  EXPECT_EQ(pool->idle_connections(), 0u);
+}
+
 TEST_F(StreamProxy, UnreachableUpstreamIsA502BeforeAnyByte) {
   proxy.upstream_port = 1;  // nothing listens there
   Client c(proxy_srv->url());

@@ -213,20 +213,27 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     read_more();
   }
 
+  // asio tries a read at once before it waits, which right after the request went out finds
+  // nothing: a system call per request. Waiting for readability instead (async_wait) was tried:
+  // asio arms every such wait with an epoll_ctl, so it traded one system call for another.
   void read_more() {
     conn_->expires_after(got_response_ ? t_.idle : t_.first_byte);
     conn_->async_read_some(buf_.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
       if (self->done_) return;
-      self->buf_.commit(n);
-      if (n > 0) self->got_response_ = true;
-      if (ec == asio::error::eof && self->parser_->got_some()) {
-        self->parser_->put_eof(ec);  // a body that ends with the connection, or a cut-off one
-        if (!ec) return self->parse();
-      }
-      if (ec && !self->got_response_) return self->retry_or_fail("reading from " + self->key_ + ": " + ec.message());
-      if (ec) return self->finish("reading from " + self->key_ + ": " + ec.message(), true, false);
-      self->parse();
+      self->on_read(ec, n);
     });
+  }
+
+  void on_read(beast::error_code ec, size_t n) {
+    buf_.commit(n);
+    if (n > 0) got_response_ = true;
+    if (ec == asio::error::eof && parser_->got_some()) {
+      parser_->put_eof(ec);  // a body that ends with the connection, or a cut-off one
+      if (!ec) return parse();
+    }
+    if (ec && !got_response_) return retry_or_fail("reading from " + key_ + ": " + ec.message());
+    if (ec) return finish("reading from " + key_ + ": " + ec.message(), true, false);
+    parse();
   }
 
   // Feeds what the buffer holds to the parser: the head once, body bytes as they come (chunking

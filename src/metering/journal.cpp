@@ -11,21 +11,37 @@ constexpr uint32_t kMagic = 0x31475355;  // "USG1"
 constexpr size_t kHeader = 4 + 8 + 4 + 4;
 constexpr uint32_t kMaxPayload = 1 << 20;
 
-// CRC-32 (IEEE), table-driven.
-uint32_t crc32(const char* p, size_t n, uint32_t crc = 0) {
-  static const auto table = [] {
-    std::array<uint32_t, 256> t{};
+}  // namespace
+
+// Eight bytes per step through eight tables (slice-by-8) rather than one: the journal checksums
+// every usage record twice, when it is written and when it is folded into the store.
+uint32_t crc32(std::string_view data, uint32_t crc) {
+  static const auto t = [] {
+    std::array<std::array<uint32_t, 256>, 8> t{};
     for (uint32_t i = 0; i < 256; ++i) {
       uint32_t c = i;
       for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i) {
+      for (size_t k = 1; k < 8; ++k) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xff];
     }
     return t;
   }();
+  auto p = reinterpret_cast<const uint8_t*>(data.data());
+  size_t n = data.size();
   crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ uint8_t(p[i])) & 0xff] ^ (crc >> 8);
+  for (; n >= 8; p += 8, n -= 8) {
+    uint32_t lo = crc ^ (uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24);
+    uint32_t hi = uint32_t(p[4]) | uint32_t(p[5]) << 8 | uint32_t(p[6]) << 16 | uint32_t(p[7]) << 24;
+    crc = t[7][lo & 0xff] ^ t[6][(lo >> 8) & 0xff] ^ t[5][(lo >> 16) & 0xff] ^ t[4][lo >> 24] ^ t[3][hi & 0xff] ^
+          t[2][(hi >> 8) & 0xff] ^ t[1][(hi >> 16) & 0xff] ^ t[0][hi >> 24];
+  }
+  for (; n > 0; ++p, --n) crc = t[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
   return ~crc;
 }
+
+namespace {
 
 template <class T>
 void put(std::string& out, T v) {
@@ -75,8 +91,8 @@ void encode(const UsageRecord& r, uint64_t segment, std::string& out) {
   put<uint32_t>(head, kMagic);
   put<uint64_t>(head, segment);
   put<uint32_t>(head, len);
-  uint32_t crc = crc32(head.data() + 4, 12);
-  crc = crc32(out.data() + start + kHeader, len, crc);
+  uint32_t crc = crc32(std::string_view(head).substr(4, 12));
+  crc = crc32(std::string_view(out).substr(start + kHeader, len), crc);
   put<uint32_t>(head, crc);
   std::memcpy(out.data() + start, head.data(), kHeader);
 }
@@ -90,7 +106,7 @@ std::vector<UsageRecord> decode(std::string_view data, uint64_t segment) {
     uint32_t len = h.get<uint32_t>();
     uint32_t crc = h.get<uint32_t>();
     if (magic != kMagic || seg != segment || len > kMaxPayload || data.size() - kHeader < len) break;
-    if (crc32(data.substr(kHeader, len).data(), len, crc32(data.data() + 4, 12)) != crc) break;
+    if (crc32(data.substr(kHeader, len), crc32(data.substr(4, 12))) != crc) break;
     Reader p{data.substr(kHeader, len)};
     UsageRecord r;
     r.ts_ms = p.get<int64_t>();

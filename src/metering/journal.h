@@ -16,6 +16,9 @@
 
 namespace aicloud::journal {
 
+// CRC-32 (IEEE 802.3, zlib's): of data, continuing from crc (the value for what came before).
+uint32_t crc32(std::string_view data, uint32_t crc = 0);
+
 // Appends one frame holding r, for segment `segment`, to out.
 void encode(const UsageRecord& r, uint64_t segment, std::string& out);
 
