@@ -324,10 +324,12 @@ class SqliteTx final : public Tx {
 
   void usage_append(UsageRecord& r) override {
     require_write();
-    Stmt st(*conn_,
-            "INSERT INTO usage_records(ts_ms, org_id, project_id, api_key_id, model, deployment_id, region, endpoint, "
-            "input_tokens, output_tokens, cached_tokens, latency_ms, status, request_id) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    // Once per usage record when the journal is folded: the statement's text is built once.
+    static const std::string sql =
+        "INSERT INTO usage_records(ts_ms, org_id, project_id, api_key_id, model, deployment_id, region, endpoint, "
+        "input_tokens, output_tokens, cached_tokens, latency_ms, status, request_id) "
+        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    Stmt st(*conn_, sql);
     st.bind(r.ts_ms).bind(r.org_id).bind(r.project_id).bind(r.api_key_id).bind(r.model).bind(r.deployment_id);
     st.bind(r.region).bind(r.endpoint).bind(r.input_tokens).bind(r.output_tokens).bind(r.cached_tokens);
     st.bind(r.latency_ms).bind(int64_t(r.status)).bind(r.request_id);
