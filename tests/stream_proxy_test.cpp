@@ -153,6 +153,47 @@ struct Running {
   std::string url() const { return "http://127.0.0.1:" + std::to_string(server->port()); }
 };
 
+// What one pool call delivered, gathered from its callbacks (they run on the pool's io thread).
+struct Collected {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, got_response = false;
+  int heads = 0;
+  UpstreamHead head;
+  std::string body, error;
+  UpstreamCallbacks callbacks() {
+    UpstreamCallbacks cb;
+    cb.on_head = [this](const UpstreamHead& h) {
+      std::lock_guard lk(mu);
+      ++heads;
+      head = h;
+    };
+    cb.on_data = [this](std::string_view d) {
+      std::lock_guard lk(mu);
+      body += d;
+    };
+    cb.on_done = [this](const std::string& err, bool got) {
+      std::lock_guard lk(mu);
+      error = err;
+      got_response = got;
+      done = true;
+      cv.notify_all();
+    };
+    return cb;
+  }
+  // Whether on_done ran within the limit.
+  bool wait(std::chrono::seconds limit = std::chrono::seconds(10)) {
+    std::unique_lock lk(mu);
+    return cv.wait_for(lk, limit, [&] { return done; });
+  }
+  std::string field(const std::string& name) {
+    for (const auto& [k, v] : head.headers) {
+      if (k == name) return v;
+    }
+    return "";
+  }
+};
+
 class StreamProxy : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -193,22 +234,11 @@ TEST_F(StreamProxy, ThePoolSendsTheRequestAsGivenAndDropsUnsafeFields) {
   req.headers = {{"x-ok", "1"},  {"x-bad", "a\r\nInjected: yes"}, {"Bad Name", "v"},
                  {"Host", "evil"}, {"Content-Length", "999"},       {"Authorization", "Bearer k"}};
   req.body = "hello";
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  std::string body, error;
-  UpstreamCallbacks cb;
-  cb.on_data = [&](std::string_view d) { body += d; };
-  cb.on_done = [&](const std::string& err, bool) {
-    std::lock_guard lk(mu);
-    error = err;
-    done = true;
-    cv.notify_all();
-  };
-  pool->send("127.0.0.1", up_srv->server->port(), std::move(req), std::move(cb));
-  std::unique_lock lk(mu);
-  ASSERT_TRUE(cv.wait_for(lk, 10s, [&] { return done; }));
-  ASSERT_EQ(error, "");
+  Collected got;
+  pool->send("127.0.0.1", up_srv->server->port(), std::move(req), got.callbacks());
+  ASSERT_TRUE(got.wait());
+  ASSERT_EQ(got.error, "");
+  const std::string& body = got.body;
   std::string host = "Host: 127.0.0.1:" + std::to_string(up_srv->server->port()) + "\n";
   EXPECT_EQ(body.rfind("PUT /head?q=1\n", 0), 0u) << body;
   EXPECT_NE(body.find("x-ok: 1\n"), std::string::npos) << body;
@@ -382,39 +412,18 @@ TEST_F(StreamProxy, ResponsesAreReadWhateverTheirFramingAndPacing) {
       if (!c.pooled) s.close();
       else s.read_some(asio::buffer(buf), ec);  // held open until the pool lets go of it
     });
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    int heads = 0;
-    unsigned status = 0;
-    std::string body, error, x_up;
-    UpstreamCallbacks cb;
-    cb.on_head = [&](const UpstreamHead& h) {
-      ++heads;
-      status = h.status;
-      for (const auto& [k, v] : h.headers) if (k == "X-Up") x_up = v;
-    };
-    cb.on_data = [&](std::string_view d) { body += d; };
-    cb.on_done = [&](const std::string& err, bool) {
-      std::lock_guard lk(mu);
-      error = err;
-      done = true;
-      cv.notify_all();
-    };
+    Collected got;
     UpstreamRequest req;
     req.target = "/x";
     req.body = "ping";
     size_t idle_before = pool->idle_connections();
-    pool->send("127.0.0.1", port, std::move(req), std::move(cb));
-    {
-      std::unique_lock lk(mu);
-      ASSERT_TRUE(cv.wait_for(lk, 10s, [&] { return done; })) << c.name;
-    }
-    EXPECT_EQ(error, "") << c.name;
-    EXPECT_EQ(heads, 1) << c.name;
-    EXPECT_EQ(x_up, "1") << c.name;
-    EXPECT_EQ(status, c.body.empty() ? 204u : 200u) << c.name;
-    EXPECT_TRUE(body == c.body) << c.name << ": " << body.size() << " bytes";
+    pool->send("127.0.0.1", port, std::move(req), got.callbacks());
+    ASSERT_TRUE(got.wait()) << c.name;
+    EXPECT_EQ(got.error, "") << c.name;
+    EXPECT_EQ(got.heads, 1) << c.name;
+    EXPECT_EQ(got.field("X-Up"), "1") << c.name;
+    EXPECT_EQ(got.head.status, c.body.empty() ? 204u : 200u) << c.name;
+    EXPECT_TRUE(got.body == c.body) << c.name << ": " << got.body.size() << " bytes";
     EXPECT_EQ(pool->idle_connections(), idle_before + (c.pooled ? 1 : 0)) << c.name;
     pool.reset();  // closes the pooled connection: the upstream's thread sees it and ends
     up.join();
@@ -436,31 +445,17 @@ TEST_F(StreamProxy, AnUpstreamThatNeverAnswersTimesOutAtTheFirstByte) {
     boost::system::error_code ec;
     while (!ec) s.read_some(asio::buffer(buf), ec);  // reads until the pool closes the connection
   });
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false, got = true;
-  std::string error;
-  UpstreamCallbacks cb;
-  cb.on_done = [&](const std::string& err, bool got_response) {
-    std::lock_guard lk(mu);
-    error = err;
-    got = got_response;
-    done = true;
-    cv.notify_all();
-  };
+  Collected got;
   UpstreamRequest req;
   req.target = "/x";
   UpstreamTimeouts t;
   t.first_byte = std::chrono::milliseconds(300);
   auto t0 = std::chrono::steady_clock::now();
-  pool->send("127.0.0.1", port, std::move(req), std::move(cb), t);
-  {
-    std::unique_lock lk(mu);
-    ASSERT_TRUE(cv.wait_for(lk, 10s, [&] { return done; }));
-  }
+  pool->send("127.0.0.1", port, std::move(req), got.callbacks(), t);
+  ASSERT_TRUE(got.wait());
   auto took = std::chrono::steady_clock::now() - t0;
-  EXPECT_NE(error.find("timeout"), std::string::npos) << error;
-  EXPECT_FALSE(got);
+  EXPECT_NE(got.error.find("timeout"), std::string::npos) << got.error;
+  EXPECT_FALSE(got.got_response);
   EXPECT_GE(took, 250ms);
   EXPECT_LT(took, 5s);
   up.join();
