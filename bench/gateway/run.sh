@@ -51,6 +51,9 @@ NGINX_PROXY=${NGINX_PROXY:-separate}
 case $NGINX_PROXY in separate | shared) ;; *) echo "bench: NGINX_PROXY is separate or shared" >&2; exit 1 ;; esac
 CASES=${CASES:-whole stream tokens}
 MODES=${MODES:-rate saturate}
+for m in $MODES; do
+  case $m in rate | saturate) ;; *) echo "bench: MODES holds rate and/or saturate, not '$m'" >&2; exit 1 ;; esac
+done
 SLOTS=${SLOTS:-4}
 MAX_TOKENS=${MAX_TOKENS:-64}
 TOKEN_SECONDS=${TOKEN_SECONDS:-8}

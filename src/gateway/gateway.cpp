@@ -109,7 +109,6 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   // a short stream is then one write to the client, not three.
   std::string to_client;
   bool flush_posted = false, head_given = false;
-  bool finishing = false;  // (mu) finish_record has begun: the end carries what is left
 
   Exchange(Gateway& g, Lane& l) : gw(g), lane(l) {}
 
@@ -247,10 +246,10 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
 
   // Gives the client's stream its head (the first time), what waits in to_client and `more`,
   // and the end if asked. A flush (`flushing`) leaves all of it to the end once the response is
-  // finishing.
+  // done (finish_record has begun, or the client has gone).
   void emit(std::string more, bool end, bool flushing = false) {
     std::lock_guard lk(mu);
-    if (flushing && finishing) return;
+    if (flushing && done) return;
     to_client += more;
     if (!head_given) {
       head_given = true;
@@ -353,7 +352,6 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       std::lock_guard lk(mu);
       if (rec.status != 0) return;  // recorded already
       done = true;
-      finishing = true;
       rec.status = http_status;
     }
     // The tokens reserved up front, corrected by what the engine reported (none: all back).

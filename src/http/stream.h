@@ -61,12 +61,9 @@ class ResponseStream {
     {
       std::lock_guard lk(mu_);
       if (!head_ || ended_) return;
-      if (cancelled_) {
-        ended_ = ended_ || last;
-        return;
-      }
-      if (!chunk.empty()) queued_.push_back(std::move(chunk));
       ended_ = last;
+      if (cancelled_) return;
+      if (!chunk.empty()) queued_.push_back(std::move(chunk));
       n = take_notify(last);
     }
     if (n) n(last);

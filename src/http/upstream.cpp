@@ -209,7 +209,6 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     buf_.reserve(kReadRoom);
     parser_.emplace();
     parser_->body_limit(std::uint64_t(1) << 40);  // replies are relayed, never held whole here
-    head_delivered_ = false;
     read_more();
   }
 
@@ -241,15 +240,15 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   void parse() {
     while (!done_) {
       beast::error_code ec = bhttp::error::need_more;
-      if (head_delivered_) {
+      bool had_head = parser_->is_header_done();  // delivered in the pass that completed it
+      if (had_head) {
         parser_->get().body().data = chunk_;
         parser_->get().body().size = sizeof chunk_;
       }
       if (buf_.size() > 0) buf_.consume(parser_->put(buf_.data(), ec));
-      if (!head_delivered_ && parser_->is_header_done()) {
-        head_delivered_ = true;
+      if (!had_head && parser_->is_header_done()) {
         deliver_head();
-      } else if (head_delivered_) {
+      } else if (had_head) {
         size_t n = sizeof chunk_ - parser_->get().body().size;
         if (n > 0 && cb_.on_data) cb_.on_data(std::string_view(chunk_, n));
       }
@@ -323,7 +322,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   beast::flat_buffer buf_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
   char chunk_[16 * 1024];
-  bool reused_ = false, got_response_ = false, head_delivered_ = false, done_ = false;
+  bool reused_ = false, got_response_ = false, done_ = false;
 };
 
 }  // namespace
