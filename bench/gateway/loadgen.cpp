@@ -5,7 +5,7 @@
 //
 //   loadgen --url http://HOST:PORT/PATH --body-file F [--key K] [--connections 32]
 //           [--rate R (requests/s; 0 = closed loop, as fast as answers come)] [--seconds 10]
-//           [--warmup 2] [--tokens]
+//           [--warmup 2] [--tokens] [--trace FILE (each measured request: due ms, latency µs)]
 //
 // Open loop (--rate): request i is due at start + i/R; its latency counts from when it was due,
 // not from when a connection was free to send it, so a server that falls behind shows it (no
@@ -45,10 +45,12 @@ struct Options {
   double rate = 0;
   double seconds = 10, warmup = 2;
   bool tokens = false;
+  std::string trace;  // --trace FILE: one line per measured request, "due_ms latency_us"
 };
 
 struct Stats {
   std::vector<int64_t> lat_us;
+  std::vector<std::pair<double, int64_t>> trace;  // (due, ms after start; latency), for --trace
   int64_t errors = 0, tokens = 0;
 };
 
@@ -133,6 +135,10 @@ awaitable<void> connection(Run& run) {
     }
     if (measured) {
       run.stats.lat_us.push_back(std::chrono::duration_cast<std::chrono::microseconds>(done - due).count());
+      if (!run.o.trace.empty()) {
+        run.stats.trace.emplace_back(std::chrono::duration<double, std::milli>(due - run.start).count(),
+                                     run.stats.lat_us.back());
+      }
       if (run.o.tokens) run.stats.tokens += completion_tokens(res.body());
     }
     if (!res.keep_alive()) {
@@ -165,7 +171,7 @@ awaitable<void> pacer(Run& run) {
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << "loadgen: " << why
             << "\nusage: loadgen --url http://HOST:PORT/PATH --body-file F [--key K] [--connections N] [--rate R]"
-               " [--seconds S] [--warmup S] [--tokens]\n";
+               " [--seconds S] [--warmup S] [--tokens] [--trace FILE]\n";
   std::exit(2);
 }
 
@@ -203,6 +209,8 @@ Options parse(int argc, char** argv) {
       o.seconds = std::atof(next().c_str());
     } else if (a == "--warmup") {
       o.warmup = std::atof(next().c_str());
+    } else if (a == "--trace") {
+      o.trace = next();
     } else if (a == "--tokens") {
       o.tokens = true;
     } else {
@@ -243,6 +251,10 @@ int main(int argc, char** argv) {
   if (run.o.rate > 0) asio::co_spawn(io, pacer(run), asio::detached);
   io.run();
 
+  if (!run.o.trace.empty()) {
+    std::ofstream t(run.o.trace);
+    for (auto [due_ms, us] : run.stats.trace) t << due_ms << ' ' << us << '\n';
+  }
   auto& lat = run.stats.lat_us;
   std::sort(lat.begin(), lat.end());
   double secs = run.o.seconds;

@@ -97,6 +97,7 @@ Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(o
 
 Meter::~Meter() {
   {
+    std::lock_guard fl(fold_mu_);  // (the order fold_now() takes them in)
     std::lock_guard lk(mu_);
     stopping_ = true;
   }
@@ -236,8 +237,12 @@ void Meter::sync_loop() {
   }
 }
 
+// The folder sleeps on fold_mu_, not on mu_: the io threads take mu_ for every batch they
+// journal, and a condition variable's waiter takes its mutex back when it wakes, so a folder
+// that slept on mu_ contended with them every fold_every, and a folder preempted right after
+// waking would hold up both io threads' answers.
 void Meter::fold_loop() {
-  std::unique_lock lk(mu_);
+  std::unique_lock lk(fold_mu_);
   while (!stopping_) {
     fold_cv_.wait_for(lk, opts_.fold_every, [this] { return stopping_; });
     if (stopping_) return;

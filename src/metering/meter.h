@@ -102,9 +102,9 @@ class Meter {
   std::mutex mu_;  // the active segment: appends, the swap, waiters
   std::condition_variable sync_cv_;
   std::shared_ptr<Segment> active_;
-  bool stopping_ = false;
+  bool stopping_ = false;  // guarded by mu_ and fold_mu_ both (written holding both)
 
-  std::mutex fold_mu_;  // one fold at a time (the folder thread, flush(), the destructor)
+  std::mutex fold_mu_;  // one fold at a time (the folder thread, flush(), the destructor); fold_cv_'s
   uint64_t next_number_ = 1;
   std::deque<std::shared_ptr<Segment>> unfolded_;  // retired, in order
   std::vector<std::string> spares_;                // folded files to reuse
