@@ -6,6 +6,7 @@
 #include <set>
 
 #include "gateway/endpoints.h"
+#include "gateway/usage_scan.h"
 #include "http/server.h"
 #include "http/stream.h"
 #include "models/registry.h"
@@ -28,35 +29,11 @@ http::Response error_reply(const ApiError& e, const std::string& request_id) {
   return r;
 }
 
-// Token counts from an OpenAI-shaped `usage` (and llama-server's `timings` for cached tokens).
-void read_usage(const json& usage, const json* timings, UsageRecord& rec) {
-  if (!usage.is_object()) return;
-  rec.input_tokens = usage.value("prompt_tokens", int64_t(0));
-  rec.output_tokens = usage.value("completion_tokens", int64_t(0));
-  auto d = usage.find("prompt_tokens_details");
-  if (d != usage.end() && d->is_object()) rec.cached_tokens = d->value("cached_tokens", int64_t(0));
-  if (rec.cached_tokens == 0 && timings && timings->is_object()) rec.cached_tokens = timings->value("cache_n", int64_t(0));
-}
-
-void read_usage(const json& j, UsageRecord& rec) {
-  auto u = j.find("usage");
-  if (u == j.end()) return;
-  auto t = j.find("timings");
-  read_usage(*u, t == j.end() ? nullptr : &*t, rec);
-}
-
-// A whole response's usage, read from its two members only: the relayed body (the completion's
-// text, or an embedding's vectors) is never parsed into a tree.
-void read_usage(std::string_view body, UsageRecord& rec) {
-  auto u = top_level_member(body, "usage");
-  if (!u) return;
-  try {
-    json usage = json::parse(*u);
-    json timings;
-    if (auto t = top_level_member(body, "timings")) timings = json::parse(*t);
-    read_usage(usage, &timings, rec);
-  } catch (const std::exception&) {
-  }
+// The record's token counts from what the answer reported (gateway/usage_scan.h).
+void take_usage(const UsageSeen& u, UsageRecord& rec) {
+  rec.input_tokens = u.prompt;
+  rec.output_tokens = u.completion;
+  rec.cached_tokens = u.cached;
 }
 
 json endpoint_model_json(const EndpointModel& e) {
@@ -147,7 +124,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     req.body = body;
     auto self = shared_from_this();
     http::UpstreamCallbacks cb;
-    cb.on_head = [self](const http::UpstreamHead& h) { self->on_head(h); };
+    cb.on_head = [self](http::UpstreamHead& h) { self->on_head(h); };
     cb.on_data = [self](std::string_view d) { self->on_data(d); };
     cb.on_done = [self](const std::string& err, bool got) { self->on_done(err, got); };
     Replica r = pick->replica;
@@ -223,10 +200,11 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     else finish_record(499);  // never reached a replica
   }
 
-  void on_head(const http::UpstreamHead& h) {
+  void on_head(http::UpstreamHead& h) {
     status = h.status;
-    content_type = h.content_type;
-    headers = h.headers;
+    content_type = std::move(h.content_type);
+    headers = std::move(h.headers);
+    headers.reserve(headers.size() + 1 + rl_headers.size());
     headers.emplace_back("x-request-id", request_id);
     headers.insert(headers.end(), rl_headers.begin(), rl_headers.end());
     if (stream && status == 200) {
@@ -278,14 +256,11 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
           held.append(ev);
           keep = false;
         } else if (payload.find("\"usage\"") != std::string_view::npos) {
-          try {
-            json j = json::parse(payload);
-            if (j.contains("usage") && j["usage"].is_object()) {
-              read_usage(j, rec);
-              // The usage-only chunk we asked for on the client's behalf is not theirs to see.
-              if (!client_wants_usage && j.contains("choices") && j["choices"].empty()) keep = false;
-            }
-          } catch (const std::exception&) {
+          UsageSeen u;
+          if (scan_usage(payload, u) && u.usage) {
+            take_usage(u, rec);
+            // The usage-only chunk we asked for on the client's behalf is not theirs to see.
+            if (!client_wants_usage && u.choices_empty) keep = false;
           }
         }
       }
@@ -328,12 +303,12 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       return finish_record(200, [self = shared_from_this()] { self->emit(std::move(self->held), true); });
     }
     // A whole (non-streamed, or error) response.
-    if (status == 200 && is_json_type(content_type)) read_usage(std::string_view(whole), rec);
+    if (UsageSeen u; status == 200 && is_json_type(content_type) && scan_answer_usage(whole, u)) take_usage(u, rec);
     finish_record(int(status), [self = shared_from_this()] {
       http::Response r;
       r.status = self->status;
       r.content_type = self->content_type.empty() ? "application/json" : self->content_type;
-      r.headers = self->headers;
+      r.headers = std::move(self->headers);
       r.body = std::move(self->whole);
       self->out->reply(std::move(r));
     });
@@ -485,13 +460,13 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   if (stream) {
     ex->client_wants_usage = so != body.end() && so->is_object() && so->value("include_usage", json()) == true;
     if (ex->client_wants_usage) {
-      ex->body = std::string(c.req.body());  // it asks for usage already: forwarded unchanged
+      ex->body = std::move(c.req.body());  // it asks for usage already: forwarded unchanged
     } else {
       body["stream_options"]["include_usage"] = true;  // the gateway meters every stream
       ex->body = dump_json(body);
     }
   } else {
-    ex->body = std::string(c.req.body());  // unchanged: forwarded as the client sent it
+    ex->body = std::move(c.req.body());  // unchanged: forwarded as the client sent it (nothing reads it after)
   }
   ex->rec.org_id = who.org_id;
   ex->rec.project_id = who.project_id;

@@ -259,12 +259,16 @@ std::string RateLimiter::format_duration(int64_t ms) {
 }
 
 std::vector<std::pair<std::string, std::string>> RateLimiter::headers(const Report& r) {
-  return {{"x-ratelimit-limit-requests", std::to_string(r.limit_requests)},
-          {"x-ratelimit-remaining-requests", std::to_string(r.remaining_requests)},
-          {"x-ratelimit-reset-requests", format_duration(r.reset_requests_ms)},
-          {"x-ratelimit-limit-tokens", std::to_string(r.limit_tokens)},
-          {"x-ratelimit-remaining-tokens", std::to_string(r.remaining_tokens)},
-          {"x-ratelimit-reset-tokens", format_duration(r.reset_tokens_ms)}};
+  // Built in place (an initializer list would make each pair twice: on every answer).
+  std::vector<std::pair<std::string, std::string>> h;
+  h.reserve(6);
+  h.emplace_back("x-ratelimit-limit-requests", std::to_string(r.limit_requests));
+  h.emplace_back("x-ratelimit-remaining-requests", std::to_string(r.remaining_requests));
+  h.emplace_back("x-ratelimit-reset-requests", format_duration(r.reset_requests_ms));
+  h.emplace_back("x-ratelimit-limit-tokens", std::to_string(r.limit_tokens));
+  h.emplace_back("x-ratelimit-remaining-tokens", std::to_string(r.remaining_tokens));
+  h.emplace_back("x-ratelimit-reset-tokens", format_duration(r.reset_tokens_ms));
+  return h;
 }
 
 }  // namespace aicloud::gateway

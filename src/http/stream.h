@@ -24,25 +24,27 @@ class ResponseStream {
  public:
   // ---- producer side (any thread) ----
   void reply(Response r) {
-    std::function<void(bool)> n;
+    Notify n;
     {
       std::lock_guard lk(mu_);
-      if (head_ || cancelled_) return;
+      if (headed_ || cancelled_) return;
       head_ = std::move(r);
+      headed_ = true;
       streaming_ = false;
       ended_ = true;
       n = notify_;
     }
-    if (n) n(true);
+    if (n) (*n)(true);
   }
   // A stream's head, optionally with its first data and its end (a producer that has it all
   // at once then costs the session one notification).
   void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {},
             std::string first = {}, bool last = false) {
-    std::function<void(bool)> n;
+    Notify n;
     {
       std::lock_guard lk(mu_);
-      if (head_ || cancelled_) return;
+      if (headed_ || cancelled_) return;
+      headed_ = true;
       head_.emplace();
       head_->status = status;
       head_->content_type = std::move(content_type);
@@ -52,21 +54,21 @@ class ResponseStream {
       ended_ = last;
       n = take_notify(last);
     }
-    if (n) n(last);
+    if (n) (*n)(last);
   }
   // A piece of the stream (an empty one adds nothing: it would end the chunked body), and its
   // end if `last`.
   void write(std::string chunk, bool last = false) {
-    std::function<void(bool)> n;
+    Notify n;
     {
       std::lock_guard lk(mu_);
-      if (!head_ || ended_) return;
+      if (!headed_ || ended_) return;
       ended_ = last;
       if (cancelled_) return;
       if (!chunk.empty()) queued_.push_back(std::move(chunk));
       n = take_notify(last);
     }
-    if (n) n(last);
+    if (n) (*n)(last);
   }
   void end() { write({}, true); }
   // Called at most once, when the client goes away before end(). Runs on the caller of
@@ -114,22 +116,21 @@ class ResponseStream {
   // gathered into one write. Pieces that follow a notification the session has not yet answered
   // with pull() do not notify again.
   void attach(std::function<void(bool complete)> notify) {
-    std::function<void(bool)> n;
+    Notify n = std::make_shared<const std::function<void(bool)>>(std::move(notify));
     {
       std::lock_guard lk(mu_);
-      notify_ = std::move(notify);
-      n = notify_;
+      notify_ = n;
       notified_ = true;
     }
-    n(false);  // the producer may have finished before the session attached
+    (*n)(false);  // the producer may have finished before the session attached
   }
   Pulled pull() {
     std::lock_guard lk(mu_);
     notified_ = false;
     Pulled p;
-    if (head_ && !head_taken_) {
-      p.head = head_;
-      head_taken_ = true;
+    if (head_) {  // moved out: the session takes it once (a whole reply's body too)
+      p.head = std::move(head_);
+      head_.reset();
     }
     p.streaming = streaming_;
     for (auto& c : queued_) p.data += c;
@@ -141,7 +142,7 @@ class ResponseStream {
     std::function<void()> f;
     {
       std::lock_guard lk(mu_);
-      if (stopped_ || head_ || cancelled_) return;
+      if (stopped_ || headed_ || cancelled_) return;
       stopped_ = true;
       f = std::move(on_stop_);
     }
@@ -161,19 +162,22 @@ class ResponseStream {
 
  private:
   mutable std::mutex mu_;
-  std::optional<Response> head_;
-  bool head_taken_ = false;
+  std::optional<Response> head_;  // given, not yet pulled
+  bool headed_ = false;           // a head (or a whole reply) has been given
   bool streaming_ = false;
   bool ended_ = false;
   bool cancelled_ = false;
   bool stopped_ = false;
   std::deque<std::string> queued_;
-  std::function<void(bool complete)> notify_;
+  // Shared rather than copied out of the lock for each call: a std::function holding the
+  // session's callback is a heap copy each time.
+  using Notify = std::shared_ptr<const std::function<void(bool complete)>>;
+  Notify notify_;
   bool notified_ = false;  // a notify has gone out that no pull() has answered yet
 
   // Pieces of a stream notify once until the consumer pulls; its end always does, as complete
   // (the session may then send it at once, with nothing more to gather).
-  std::function<void(bool)> take_notify(bool complete) {
+  Notify take_notify(bool complete) {
     if ((notified_ && !complete) || !notify_) return nullptr;
     notified_ = true;
     return notify_;

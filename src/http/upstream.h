@@ -39,7 +39,7 @@ struct UpstreamHead {
 };
 
 struct UpstreamCallbacks {
-  std::function<void(const UpstreamHead&)> on_head;
+  std::function<void(UpstreamHead&)> on_head;  // the head is the callee's to keep (move from it)
   std::function<void(std::string_view)> on_data;  // body bytes, as they arrive (chunking removed)
   // Called exactly once. error empty = the response completed. got_response = some byte of the
   // response arrived: false means the request may be retried on another upstream (refused,

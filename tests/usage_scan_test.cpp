@@ -1,0 +1,105 @@
+// The gateway's reading of token counts from answers and streamed chunks (gateway/usage_scan.h):
+// only the usage it should read, wherever the names also appear elsewhere in the document.
+#include <gtest/gtest.h>
+
+#include "gateway/usage_scan.h"
+
+using aicloud::gateway::scan_answer_usage;
+using aicloud::gateway::scan_usage;
+using aicloud::gateway::UsageSeen;
+
+TEST(UsageScan, AStreamsUsageChunkGivesItsCountsAndEmptyChoices) {
+  UsageSeen u;
+  ASSERT_TRUE(scan_usage(R"({"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,)"
+                         R"("total_tokens":12,"prompt_tokens_details":{"cached_tokens":3}}})",
+                         u));
+  EXPECT_TRUE(u.usage);
+  EXPECT_EQ(u.prompt, 5);
+  EXPECT_EQ(u.completion, 7);
+  EXPECT_EQ(u.cached, 3);
+  EXPECT_TRUE(u.choices_empty);
+}
+
+TEST(UsageScan, ChunksWithoutUsageOrWithChoicesSayNoMore) {
+  UsageSeen u;
+  ASSERT_TRUE(scan_usage(R"({"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null})", u));
+  EXPECT_FALSE(u.usage);
+  EXPECT_FALSE(u.choices_empty);
+
+  // A usage in the last content chunk (llama-server with include_usage) keeps that chunk.
+  UsageSeen v;
+  ASSERT_TRUE(scan_usage(R"({"choices":[{"delta":{}}],"usage":{"prompt_tokens":2,"completion_tokens":1}})", v));
+  EXPECT_TRUE(v.usage);
+  EXPECT_FALSE(v.choices_empty);
+  for (const char* empty : {R"({"choices":null,"usage":{}})", R"({"choices":{},"usage":{}})"}) {
+    UsageSeen w;
+    ASSERT_TRUE(scan_usage(empty, w)) << empty;
+    EXPECT_TRUE(w.choices_empty) << empty;
+    EXPECT_TRUE(w.usage) << empty;
+  }
+}
+
+TEST(UsageScan, OnlyTheTopLevelUsageCounts) {
+  UsageSeen u;
+  ASSERT_TRUE(scan_usage(R"({"prompt_tokens":50,"choices":[{"usage":{"prompt_tokens":99,"completion_tokens":99}}],)"
+                         R"("x":{"usage":{"prompt_tokens":98}},"usage":{"completion_tokens":2,)"
+                         R"("nested":{"prompt_tokens":97},"prompt_tokens_details":{"x":{"cached_tokens":96}}}})",
+                         u));
+  EXPECT_TRUE(u.usage);
+  EXPECT_EQ(u.prompt, 0);
+  EXPECT_EQ(u.completion, 2);
+  EXPECT_EQ(u.cached, 0);
+  EXPECT_FALSE(u.choices_empty);
+}
+
+TEST(UsageScan, CachedTokensFallBackToLlamaServersTimings) {
+  UsageSeen u;
+  ASSERT_TRUE(scan_usage(R"({"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1},)"
+                         R"("timings":{"prompt_n":1,"cache_n":4,"predicted_per_second":12.5}})",
+                         u));
+  EXPECT_EQ(u.cached, 4);
+  UsageSeen v;  // the usage's own figure wins
+  ASSERT_TRUE(scan_usage(R"({"usage":{"prompt_tokens_details":{"cached_tokens":2}},"timings":{"cache_n":4}})", v));
+  EXPECT_EQ(v.cached, 2);
+}
+
+TEST(UsageScan, NumbersOfOtherShapesAndRepeatedNames) {
+  UsageSeen u;
+  ASSERT_TRUE(scan_usage(R"({"usage":{"prompt_tokens":5.0,"completion_tokens":"7","prompt_tokens":6}})", u));
+  EXPECT_EQ(u.prompt, 6);  // the last of a repeated name, as a parsed tree keeps it
+  EXPECT_EQ(u.completion, 0);
+  UsageSeen v;
+  ASSERT_TRUE(scan_usage(R"({"usage":{"prompt_tokens":1e300,"completion_tokens":18446744073709551615}})", v));
+  EXPECT_EQ(v.prompt, 0);
+  EXPECT_EQ(v.completion, INT64_MAX);
+}
+
+TEST(UsageScan, InvalidJsonIsNotRead) {
+  for (const char* bad : {R"({"usage":{"prompt_tokens":5})", R"({"usage":{"prompt_tokens":5,}})", "", "[", "{\"usage\":1e400}"}) {
+    UsageSeen u;
+    u.prompt = -1;
+    EXPECT_FALSE(scan_usage(bad, u)) << bad;
+    EXPECT_EQ(u.prompt, -1) << bad;  // untouched
+  }
+  UsageSeen scalar;
+  EXPECT_TRUE(scan_usage("5", scalar));
+  EXPECT_FALSE(scalar.usage);
+}
+
+TEST(UsageScan, AWholeAnswerIsReadFromItsUsageAndTimingsOnly) {
+  UsageSeen u;
+  ASSERT_TRUE(scan_answer_usage(
+      R"({"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":9} and \"timings\""}}],)"
+      R"("usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5},"timings":{"cache_n":1}})",
+      u));
+  EXPECT_TRUE(u.usage);
+  EXPECT_EQ(u.prompt, 2);
+  EXPECT_EQ(u.completion, 3);
+  EXPECT_EQ(u.cached, 1);
+
+  UsageSeen none;
+  EXPECT_FALSE(scan_answer_usage(R"({"choices":[]})", none));
+  EXPECT_FALSE(scan_answer_usage(R"({"usage":null})", none));
+  EXPECT_FALSE(scan_answer_usage(R"({"usage":{"prompt_tokens":})", none));
+  EXPECT_FALSE(none.usage);
+}
