@@ -154,6 +154,30 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
     json sent = json::parse(canned.last_body);
     EXPECT_EQ(sent["stream_options"]["include_usage"], true) << canned.last_body;
   }
+  // The request is added to, not rewritten: the client's text follows the member put first...
+  const std::string s3 = R"(  { "model": "partner-echo", "stream": true, "messages": [ {"role": "user", "content": "x"} ] })";
+  auto st3 = c->request("POST", "/v1/chat/completions", s3,
+                        {{"Authorization", "Bearer " + a.project_key}, {"Content-Type", "application/json"}});
+  ASSERT_EQ(st3.status, 200u) << st3.body;
+  EXPECT_EQ(st3.body.find("\"usage\""), std::string::npos) << st3.body;
+  {
+    std::lock_guard lk(canned.mu);
+    EXPECT_EQ(canned.last_body, R"(  {"stream_options":{"include_usage":true}, "model": "partner-echo", "stream": true,)"
+                                R"( "messages": [ {"role": "user", "content": "x"} ] })");
+  }
+  // ...and stream_options of the client's without include_usage: true get it set.
+  for (json so : {json{{"include_usage", false}}, json::object(), json(nullptr)}) {
+    json s4 = chat();
+    s4["stream"] = true;
+    s4["stream_options"] = so;
+    auto st4 = pa.call("POST", "/v1/chat/completions", s4);
+    ASSERT_EQ(st4.status, 200u) << st4.body;
+    EXPECT_EQ(st4.body.find("\"usage\""), std::string::npos) << st4.body;
+    std::lock_guard lk(canned.mu);
+    json sent = json::parse(canned.last_body);
+    EXPECT_EQ(sent["stream_options"]["include_usage"], true) << canned.last_body;
+    EXPECT_EQ(sent["messages"], s4["messages"]) << canned.last_body;
+  }
   auto bad_so = pa.call("POST", "/v1/chat/completions", json{{"model", "partner-echo"}, {"stream", true},
                                                              {"messages", chat()["messages"]}, {"stream_options", "usage"}});
   EXPECT_EQ(bad_so.status, 400u) << bad_so.body;
@@ -177,9 +201,10 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   int64_t day = int64_t(time(nullptr)) / 86400 * 86400;
   json u = tenant.get("/v1/organization/usage/completions?start_time=" + std::to_string(day) + "&limit=1");
   ASSERT_EQ(u["data"][0]["results"].size(), 1u) << u.dump();
-  EXPECT_EQ(u["data"][0]["results"][0]["num_model_requests"], 3);
-  EXPECT_EQ(u["data"][0]["results"][0]["input_tokens"], 21);
-  EXPECT_EQ(u["data"][0]["results"][0]["output_tokens"], 9);
+  // Seven answered requests (one whole, six streamed), each reported as 7 in and 3 out.
+  EXPECT_EQ(u["data"][0]["results"][0]["num_model_requests"], 7);
+  EXPECT_EQ(u["data"][0]["results"][0]["input_tokens"], 49);
+  EXPECT_EQ(u["data"][0]["results"][0]["output_tokens"], 21);
 
   // Deleted: gone from the gateway within a round or two.
   op.del("/admin/v1/endpoints/" + ep["id"].get<std::string>());

@@ -103,3 +103,74 @@ TEST(UsageScan, AWholeAnswerIsReadFromItsUsageAndTimingsOnly) {
   EXPECT_FALSE(scan_answer_usage(R"({"usage":{"prompt_tokens":})", none));
   EXPECT_FALSE(none.usage);
 }
+
+// ---- the request side (gateway/request_scan.h): the scan must read what a parsed tree reads ----
+
+#include "gateway/request_scan.h"
+#include "util/json_util.h"
+
+using aicloud::gateway::request_seen;
+using aicloud::gateway::RequestSeen;
+using aicloud::gateway::scan_request;
+
+namespace {
+
+std::string describe(const RequestSeen& r) {
+  auto t = [](RequestSeen::Type x) { return std::to_string(int(x)); };
+  return "object=" + std::to_string(r.object) + " model=" + t(r.model) + ":" + r.model_name + " input=" + t(r.input) +
+         ":" + std::to_string(r.input_size) + " stream=" + t(r.stream) + ":" + std::to_string(r.stream_value) +
+         " stream_options=" + t(r.stream_options) + ":" + std::to_string(r.include_usage) +
+         " max_completion_tokens=" + t(r.max_completion_tokens) + ":" + std::to_string(r.max_completion_tokens_value) +
+         " max_tokens=" + t(r.max_tokens) + ":" + std::to_string(r.max_tokens_value);
+}
+
+}  // namespace
+
+TEST(RequestScan, ReadsWhatTheParsedTreeReads) {
+  const char* bodies[] = {
+      R"({"model":"m","messages":[{"role":"user","content":"hi"}]})",
+      R"({"model":"m","messages":[],"stream":true})",
+      R"({"model":"","messages":[1,2,[3],{"a":[4]}],"stream":false,"max_tokens":16})",
+      R"({"model":5,"messages":{}, "stream":"yes","stream_options":[]})",
+      R"({"model":"a","model":"b","messages":[1],"messages":[]})",
+      R"({"model":"a","stream":null,"stream_options":null,"max_tokens":-3,"max_completion_tokens":7})",
+      R"({"stream_options":{"include_usage":true}})",
+      R"({"stream_options":{"include_usage":true,"include_usage":1}})",
+      R"({"stream_options":{"include_usage":1,"include_usage":true}})",
+      R"({"stream_options":{"include_usage":false}})",
+      R"({"stream_options":{"x":{"include_usage":true}}})",
+      R"({"stream_options":{"include_usage":true},"stream_options":{}})",
+      R"({"stream_options":{"include_usage":{"include_usage":true}}})",
+      R"({"max_tokens":18446744073709551615,"max_completion_tokens":1.5})",
+      R"({"max_tokens":9223372036854775807,"max_completion_tokens":-9223372036854775808})",
+      R"({"prompt":"héllo \u00e9 \ud83d\ude00","model":"\u006d"})",
+      R"({"nested":{"model":"x","messages":[1],"stream":true},"model":"y"})",
+      R"([{"model":"m","messages":[1]}])",
+      R"("model")",
+      "\xEF\xBB\xBF  {\"model\":\"m\"}",
+      "{}",
+  };
+  for (const char* b : bodies) {
+    for (const char* input : {"messages", "prompt", "input"}) {
+      RequestSeen scanned;
+      ASSERT_TRUE(scan_request(b, input, scanned)) << b;
+      RequestSeen tree = request_seen(aicloud::parse_json_body(b), input);
+      EXPECT_EQ(describe(scanned), describe(tree)) << b << " (input member " << input << ")";
+    }
+  }
+}
+
+TEST(RequestScan, LeavesInvalidEmptyAndTooDeepBodiesToTheParser) {
+  std::string deep(aicloud::kMaxJsonDepth + 1, '[');
+  deep += std::string(aicloud::kMaxJsonDepth + 1, ']');
+  std::string ok_depth(aicloud::kMaxJsonDepth, '[');
+  ok_depth += std::string(aicloud::kMaxJsonDepth, ']');
+  for (const std::string& b : {std::string(), std::string("  "), std::string("{\"model\":"), std::string("{\"a\":1}x"),
+                               std::string("{\"a\":\"\xff\"}"), std::string("{\"a\":1e400}"), deep}) {
+    RequestSeen r;
+    EXPECT_FALSE(scan_request(b, "messages", r)) << b.substr(0, 40);
+  }
+  RequestSeen r;
+  EXPECT_TRUE(scan_request(ok_depth, "messages", r));
+  EXPECT_FALSE(r.object);
+}

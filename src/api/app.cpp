@@ -198,7 +198,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
       a.resource_id = c.audit_resource;
       a.request_id = c.request_id;
       a.outcome = "success";
-      a.details = c.audit_details;
+      a.details = c.audit_details.is_null() ? json::object() : c.audit_details;
       audit_append(*tx, a);
       if (!idem_key.empty()) tx->idempotency_put(idem_scope, idem_key, {req_hash, int(res.status), res.body, now_unix()});
       tx->commit();

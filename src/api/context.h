@@ -44,11 +44,11 @@ struct Context {
   std::string audit_action;       // e.g. "project.created"; empty = derived from the route
   std::string audit_resource;     // the object acted on
   std::string audit_org;          // defaults to the principal's organization
-  json audit_details = json::object();
+  json audit_details;  // null until a route adds to it (json::object() would allocate for every request)
   bool invalidate_auth = false;   // identity objects changed: drop the auth cache after commit
   std::vector<std::pair<std::string, std::string>> headers;  // extra response headers
   std::optional<std::string> raw_body;  // a non-JSON response body (e.g. /metrics)
-  std::string content_type = "application/json";
+  std::string content_type;  // of the response; empty: application/json (http::Response)
 
   std::string_view param(std::string_view name) const { return match.param(name); }
   const Principal& who() const { return *principal; }

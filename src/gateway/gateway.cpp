@@ -6,6 +6,7 @@
 #include <set>
 
 #include "gateway/endpoints.h"
+#include "gateway/request_scan.h"
 #include "gateway/usage_scan.h"
 #include "http/server.h"
 #include "http/stream.h"
@@ -375,36 +376,38 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   if (ct == c.req.end() || !is_json_type(ct->value())) {
     throw ApiError(415, "invalid_request_error", "Send the request body as application/json.", "unsupported_media_type");
   }
-  json body = parse_json_body(c.req.body());
-  if (!body.is_object()) throw bad_request("The request body must be a JSON object.", "invalid_body");
-  auto m = body.find("model");
-  if (m == body.end() || !m->is_string() || m->get_ref<const std::string&>().empty()) {
-    throw ApiError(400, "invalid_request_error", "You must provide a model parameter.", "missing_required_parameter", "model");
-  }
   std::string ep = endpoint;
   const char* required = ep == "chat.completions" ? "messages" : ep == "completions" ? "prompt" : "input";
-  auto r = body.find(required);
-  if (r == body.end() || r->is_null()) {
+  using T = RequestSeen::Type;
+  RequestSeen q;
+  if (!scan_request(c.req.body(), required, q)) {
+    // Not valid JSON, empty or too deep: the parser's 400 says which (an empty body is {}).
+    q = request_seen(parse_json_body(c.req.body()), required);
+  }
+  if (!q.object) throw bad_request("The request body must be a JSON object.", "invalid_body");
+  if (q.model != T::kString || q.model_name.empty()) {
+    throw ApiError(400, "invalid_request_error", "You must provide a model parameter.", "missing_required_parameter", "model");
+  }
+  if (q.input == T::kAbsent || q.input == T::kNull) {
     throw ApiError(400, "invalid_request_error", std::string("Missing required parameter: '") + required + "'.",
                    "missing_required_parameter", required);
   }
-  if (ep == "chat.completions" && (!r->is_array() || r->empty())) {
+  if (ep == "chat.completions" && (q.input != T::kArray || q.input_size == 0)) {
     throw ApiError(400, "invalid_request_error", "'messages' must be a non-empty array of messages.", "invalid_type",
                    "messages");
   }
   bool stream = false;
-  if (auto s = body.find("stream"); s != body.end() && !s->is_null()) {
-    if (!s->is_boolean()) throw ApiError(400, "invalid_request_error", "'stream' must be a boolean.", "invalid_type", "stream");
-    stream = s->get<bool>();
+  if (q.stream != T::kAbsent && q.stream != T::kNull) {
+    if (q.stream != T::kBoolean) throw ApiError(400, "invalid_request_error", "'stream' must be a boolean.", "invalid_type", "stream");
+    stream = q.stream_value;
   }
-  auto so = body.find("stream_options");
-  if (so != body.end() && !so->is_null() && !so->is_object()) {
+  if (q.stream_options != T::kAbsent && q.stream_options != T::kNull && q.stream_options != T::kObject) {
     throw ApiError(400, "invalid_request_error", "'stream_options' must be an object.", "invalid_type", "stream_options");
   }
   if (stream && ep == "embeddings") {
     throw ApiError(400, "invalid_request_error", "Embeddings cannot be streamed.", "invalid_value", "stream");
   }
-  std::string model = m->get<std::string>();
+  std::string model = std::move(q.model_name);
   const Principal& who = c.who();
   if (!dir_.serves(model, who.org_id)) {
     throw ApiError(404, "invalid_request_error",
@@ -417,16 +420,14 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   int64_t reserved = 0;
   if (limiter_) {
     int64_t max_out = ep == "embeddings" ? 0 : kDefaultMaxTokens;
-    for (const char* f : {"max_completion_tokens", "max_tokens"}) {
-      auto mt = body.find(f);
-      if (mt != body.end() && mt->is_number_integer() && mt->get<int64_t>() >= 0) {
-        max_out = std::min<int64_t>(mt->get<int64_t>(), kMaxLimit);
-        break;
-      }
+    if (q.max_completion_tokens == T::kInteger && q.max_completion_tokens_value >= 0) {
+      max_out = std::min<int64_t>(q.max_completion_tokens_value, kMaxLimit);
+    } else if (q.max_tokens == T::kInteger && q.max_tokens_value >= 0) {
+      max_out = std::min<int64_t>(q.max_tokens_value, kMaxLimit);
     }
     // A structured prompt (messages, token arrays) is estimated from the whole body's size:
     // slightly high, and settled by the real usage when the request ends.
-    int64_t prompt = int64_t(r->is_string() ? r->get_ref<const std::string&>().size() : c.req.body().size()) / 4 + 1;
+    int64_t prompt = int64_t(q.input == T::kString ? q.input_size : c.req.body().size()) / 4 + 1;
     auto d = limiter_->acquire(who.project_id, who.actor_id, model, max_out + prompt);
     rl_headers = RateLimiter::headers(d.report);
     if (!d.allowed) {
@@ -458,11 +459,19 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   ex->request_id = c.request_id;
   ex->stream = stream;
   if (stream) {
-    ex->client_wants_usage = so != body.end() && so->is_object() && so->value("include_usage", json()) == true;
+    ex->client_wants_usage = q.include_usage;
     if (ex->client_wants_usage) {
       ex->body = std::move(c.req.body());  // it asks for usage already: forwarded unchanged
-    } else {
-      body["stream_options"]["include_usage"] = true;  // the gateway meters every stream
+    } else if (q.stream_options == T::kAbsent) {
+      // The gateway meters every stream: the engine is asked for usage by a member put first in
+      // the body, which is otherwise forwarded as sent (and has no member of that name).
+      std::string& b = c.req.body();
+      size_t open = b.find('{');  // the body's own: only white space (or a BOM) comes before it
+      b.insert(open + 1, R"("stream_options":{"include_usage":true},)");
+      ex->body = std::move(b);
+    } else {  // a stream_options without include_usage: true (rare): set it in the parsed body
+      json body = parse_json_body(c.req.body());
+      body["stream_options"]["include_usage"] = true;
       ex->body = dump_json(body);
     }
   } else {

@@ -115,10 +115,12 @@ constexpr auto kWriteTimeout = std::chrono::seconds(30);
 enum class Framing { kLength, kChunked };
 // Statuses whose responses carry no body (RFC 9110 §6.4.1).
 static bool bodiless(unsigned status) { return status < 200 || status == 204 || status == 304; }
-static std::string response_head(unsigned version, unsigned status, std::string_view content_type,
+// Written into h (a session's reused buffer: its capacity stays from one response to the next).
+static void response_head(std::string& h, unsigned version, unsigned status, std::string_view content_type,
                           const std::vector<std::pair<std::string, std::string>>& fields, bool close,
                           Framing framing, uint64_t content_length) {
-  std::string h;
+  if (content_type.empty()) content_type = "application/json";  // (http::Response's default)
+  h.clear();
   h.reserve(256);
   h += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
   h += std::to_string(status);
@@ -148,7 +150,6 @@ static std::string response_head(unsigned version, unsigned status, std::string_
   if (version == 10 && !close) h += "Connection: keep-alive\r\n";
   if (version != 10 && close) h += "Connection: close\r\n";
   h += "\r\n";
-  return h;
 }
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -282,7 +283,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     file_pos_ = r.file_offset;
     file_left_ = r.file_length;
-    writing_ = response_head(version, r.status, r.content_type, r.headers, r.close, Framing::kLength, r.file_length);
+    response_head(writing_, version, r.status, r.content_type, r.headers, r.close, Framing::kLength, r.file_length);
     out_close_ = r.close;
     stream_.expires_after(kWriteTimeout);
     asio::async_write(stream_, asio::buffer(writing_), [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -310,6 +311,7 @@ class Session : public std::enable_shared_from_this<Session> {
     ::close(file_fd_);
     file_fd_ = -1;
     writing_.clear();
+    writing_.shrink_to_fit();  // (a file's pieces are large; the buffer is reused for heads)
     busy_ = false;
     if (failed || out_close_) return close();
     next_request();
@@ -420,10 +422,11 @@ class Session : public std::enable_shared_from_this<Session> {
     // Whatever has arrived goes out in one write: the head (first time), the data as one chunk,
     // and the last chunk if the producer has ended. A short stream (or the end of one: the held
     // [DONE] and the terminator) then costs one send, not one per piece.
-    std::string buf;
+    std::string& buf = writing_;  // free: no write is in flight (out_writing_)
+    buf.clear();
     if (!out_head_sent_) {
-      buf = response_head(out_version_, out_head_->status, out_head_->content_type, out_head_->headers, out_close_,
-                          Framing::kChunked, 0);
+      response_head(buf, out_version_, out_head_->status, out_head_->content_type, out_head_->headers, out_close_,
+                    Framing::kChunked, 0);
       out_head_sent_ = true;
     }
     if (!pending_.empty()) {
@@ -436,7 +439,6 @@ class Session : public std::enable_shared_from_this<Session> {
     if (last) buf += "0\r\n\r\n";
     if (buf.empty()) return;
     out_writing_ = true;
-    writing_ = std::move(buf);
     write_now(stream_, asio::buffer(writing_), kWriteTimeout, [self = shared_from_this(), last](beast::error_code ec) {
       self->out_writing_ = false;
       self->stream_.expires_never();
@@ -474,7 +476,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void write(Response r, unsigned version) {
     if (!r.file_path.empty()) return write_file(std::move(r), version);
     bool close_after = r.close;
-    writing_ = response_head(version, r.status, r.content_type, r.headers, close_after, Framing::kLength, r.body.size());
+    response_head(writing_, version, r.status, r.content_type, r.headers, close_after, Framing::kLength, r.body.size());
     body_ = bodiless(r.status) ? std::string() : std::move(r.body);
     bufs_ = {asio::buffer(writing_), asio::buffer(body_)};
     write_now(stream_, bufs_, kWriteTimeout, [self = shared_from_this(), close_after](beast::error_code ec) {
