@@ -537,4 +537,16 @@ TEST(Json, TopLevelMemberFindsOnlyTopLevelKeys) {
   EXPECT_FALSE(top_level_member(R"({"usage":{"a":1)", "usage"));  // cut short
   EXPECT_FALSE(top_level_member(R"({"a":"\)", "usage"));
   EXPECT_FALSE(top_level_member("", "usage"));
+  // Escapes: a string that ends in a backslash, escaped quotes and brackets inside strings.
+  std::string esc = R"({"a":"x\\","b":"\"}\"]\\\"","c":["\\",{"d":"\""}],"usage":5})";
+  EXPECT_EQ(top_level_member(esc, "usage"), std::optional<std::string_view>("5"));
+  EXPECT_EQ(top_level_member(esc, "b"), std::optional<std::string_view>(R"("\"}\"]\\\"")"));
+  std::vector<std::string> keys;
+  EXPECT_TRUE(aicloud::for_each_top_level_member(esc, [&](std::string_view k, std::string_view) {
+    keys.emplace_back(k);
+    return true;
+  }));
+  EXPECT_EQ(keys, (std::vector<std::string>{"a", "b", "c", "usage"}));
+  EXPECT_TRUE(aicloud::for_each_top_level_member(" { } ", [](std::string_view, std::string_view) { return true; }));
+  EXPECT_FALSE(aicloud::for_each_top_level_member(R"({"a":1,})", [](std::string_view, std::string_view) { return true; }));
 }

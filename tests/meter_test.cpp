@@ -102,6 +102,19 @@ TEST_P(MeterModes, EveryRecordIsAcknowledgedFoldedOnceAndSegmentFilesAreReused) 
     EXPECT_EQ(t.output, n * (n - 1) / 2);
     EXPECT_EQ(t.input, 10 * n + n * (n - 1) / 2);
     EXPECT_EQ(t.cached, n / 2);
+    {  // the records' text arrives whole (the fold reads this process's records from memory)
+      UsageQuery q;
+      q.org_id = "org_a", q.start_ms = 0, q.end_ms = INT64_MAX / 2, q.bucket_ms = INT64_MAX / 4;
+      q.by_project = q.by_model = true;
+      q.endpoint = "chat.completions";
+      auto rows = store->read([&](Tx& tx) { return tx.usage_sum(q); });
+      ASSERT_EQ(rows.size(), 3u);
+      for (const auto& row : rows) {
+        EXPECT_TRUE(row.project_id == "proj_0" || row.project_id == "proj_1" || row.project_id == "proj_2") << row.project_id;
+        EXPECT_EQ(row.model, "tiny");
+        EXPECT_EQ(row.requests, n / 3);
+      }
+    }
     EXPECT_EQ(m.records_committed(), n);
     EXPECT_EQ(m.records_folded(), n);
     EXPECT_GT(m.commits(), 0);

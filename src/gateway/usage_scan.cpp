@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -152,14 +153,16 @@ bool scan_usage(std::string_view doc, UsageSeen& out) {
 }
 
 bool scan_answer_usage(std::string_view body, UsageSeen& out) {
-  auto u = top_level_member(body, "usage");
+  std::optional<std::string_view> u, t;  // the last of each, as a parsed tree keeps it
+  for_each_top_level_member(body, [&](std::string_view k, std::string_view v) {
+    if (k == "usage") u = v;
+    else if (k == "timings") t = v;
+    return true;
+  });
   if (!u) return false;
   UsageSeen seen;
   if (!scan(*u, Key::kUsage, seen) || !seen.usage) return false;
-  if (auto t = top_level_member(body, "timings"); t && seen.cached == 0) {
-    UsageSeen timings;
-    if (scan(*t, Key::kTimings, timings)) seen.cached = timings.cached;
-  }
+  if (UsageSeen timings; t && seen.cached == 0 && scan(*t, Key::kTimings, timings)) seen.cached = timings.cached;
   out = seen;
   return true;
 }

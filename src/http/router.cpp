@@ -1,6 +1,7 @@
 #include "http/router.h"
 
 #include <algorithm>
+#include <iterator>
 
 namespace aicloud::http {
 
@@ -17,14 +18,22 @@ static std::vector<std::string_view> split_path(std::string_view p) {
   return out;
 }
 
+static bool is_placeholder(const std::string& s) { return s.size() > 1 && s.front() == '{'; }
+
 int Router::add(std::string method, std::string pattern) {
   Route r{std::move(method), std::move(pattern), {}};
   for (auto s : split_path(r.pattern)) r.segments.emplace_back(s);
+  int index = int(routes_.size());
+  size_t n = r.segments.size();
+  if (by_count_.size() <= n) by_count_.resize(n + 1);
+  if (n == 0 || is_placeholder(r.segments.back())) {
+    by_count_[n].any_last.push_back(index);
+  } else {
+    by_count_[n].by_last[r.segments.back()].push_back(index);
+  }
   routes_.push_back(std::move(r));
-  return int(routes_.size() - 1);
+  return index;
 }
-
-static bool is_placeholder(const std::string& s) { return s.size() > 1 && s.front() == '{'; }
 
 // Of two routes that match the same path, the one with a literal segment where the other has a
 // placeholder first (left to right) wins, whichever was added first: POST /v1/threads/runs
@@ -40,10 +49,23 @@ static bool more_specific(const std::vector<std::string>& a, const std::vector<s
 RouteMatch Router::match(std::string_view method, std::string_view path) const {
   RouteMatch m;
   auto segs = split_path(path);
+  if (segs.size() >= by_count_.size()) return m;
+  const Bucket& bucket = by_count_[segs.size()];
+  static const std::vector<int> kNone;
+  const std::vector<int>* literal = &kNone;
+  if (!segs.empty()) {
+    auto it = bucket.by_last.find(segs.back());
+    if (it != bucket.by_last.end()) literal = &it->second;
+  }
+  // The candidates in the order they were added (which breaks ties and orders Allow).
+  std::vector<int> candidates;
+  candidates.reserve(literal->size() + bucket.any_last.size());
+  std::merge(literal->begin(), literal->end(), bucket.any_last.begin(), bucket.any_last.end(),
+             std::back_inserter(candidates));
   std::vector<std::string_view> allowed;
-  for (size_t i = 0; i < routes_.size(); ++i) {
+  for (int ci : candidates) {
+    size_t i = size_t(ci);
     const Route& r = routes_[i];
-    if (r.segments.size() != segs.size()) continue;
     bool ok = true;
     for (size_t k = 0; k < segs.size() && ok; ++k) {
       const auto& s = r.segments[k];

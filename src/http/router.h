@@ -1,8 +1,10 @@
 // Maps (method, path) to a route index and its path parameters. Patterns are literal segments
 // and {name} placeholders: "/v1/organization/projects/{project_id}/api_keys/{key_id}".
 #pragma once
+#include <functional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -34,6 +36,19 @@ class Router {
     std::vector<std::string> segments;  // "{x}" = placeholder
   };
   std::vector<Route> routes_;
+
+  // The routes a path can match, found without trying every route (the API has a few hundred):
+  // by the number of segments, then by the last segment when it is literal; routes that end in
+  // a placeholder are tried for every last segment. Indices ascending (added order).
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct Bucket {
+    std::unordered_map<std::string, std::vector<int>, Hash, std::equal_to<>> by_last;
+    std::vector<int> any_last;
+  };
+  std::vector<Bucket> by_count_;  // [number of segments]
 };
 
 // Splits "/a/b?x=1&y=%20" into a path and decoded query parameters. Returns false for a path

@@ -72,6 +72,7 @@ Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(o
     auto s = std::make_shared<Segment>();
     s->number = number;
     s->path = path;
+    s->written = false;
     s->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat st {};
     if (s->fd < 0 || ::fstat(s->fd, &st) != 0) throw std::runtime_error(sys_error("cannot read " + path));
@@ -174,6 +175,7 @@ void Meter::record_batch(std::vector<Pending>& batch) {
     return;
   }
   s.size += frames.size();
+  for (auto& p : batch) s.records.push_back(std::move(p.record));  // (not read again here)
   if (opts_.fsync) {
     for (size_t i = 0; i < batch.size(); ++i) s.waiters.push_back({ends[i], std::move(batch[i].on_durable)});
     lk.unlock();
@@ -283,8 +285,11 @@ void Meter::fold_now(bool last) {
     try {
       fold(*s);
     } catch (const std::exception& e) {
-      // Left in place (journaled, unfolded): the next round, or the next start, tries again.
+      // Left in place (journaled, unfolded): the next round, or the next start, tries again,
+      // from the file, so that a store that stays unwritable does not also fill memory.
       spdlog::error("metering: could not fold usage journal segment {} into the store: {}", s->number, e.what());
+      s->written = false;
+      std::vector<UsageRecord>().swap(s->records);
       return;
     }
     complete(*s, UINT64_MAX, true);  // whatever the syncer had not reached is durable in the store now
@@ -299,18 +304,22 @@ void Meter::fold_now(bool last) {
 
 void Meter::fold(Segment& s) {
   auto t0 = std::chrono::steady_clock::now();
-  std::string data(s.size, '\0');
-  for (size_t got = 0; got < data.size();) {
-    ssize_t n = ::pread(s.fd, data.data() + got, data.size() - got, off_t(got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::runtime_error(sys_error("read " + s.path));
-    if (n == 0) {
-      data.resize(got);
-      break;
+  std::vector<UsageRecord> read;  // a segment of an earlier process: its records from the file
+  if (!s.written) {
+    std::string data(s.size, '\0');
+    for (size_t got = 0; got < data.size();) {
+      ssize_t n = ::pread(s.fd, data.data() + got, data.size() - got, off_t(got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw std::runtime_error(sys_error("read " + s.path));
+      if (n == 0) {
+        data.resize(got);
+        break;
+      }
+      got += size_t(n);
     }
-    got += size_t(n);
+    read = journal::decode(data, s.number);
   }
-  std::vector<UsageRecord> records = journal::decode(data, s.number);
+  std::vector<UsageRecord>& records = s.written ? s.records : read;
   store_.write([&](Tx& tx) {
     for (auto& r : records) tx.usage_append(r);
     tx.set_usage_folded_segment(s.number);

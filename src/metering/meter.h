@@ -81,6 +81,11 @@ class Meter {
     int fd = -1;
     uint64_t size = 0;             // bytes of frames written (guarded by mu_)
     std::deque<Waiter> waiters;    // unsynced records, by end (guarded by mu_)
+    // The records of those frames, kept by the process that wrote them (guarded by mu_ while the
+    // segment is active): the fold then reads them here rather than reading and decoding the
+    // file back. A segment left by an earlier process (written false) is read from its file.
+    std::vector<UsageRecord> records;
+    bool written = true;
     ~Segment();
   };
 

@@ -1,6 +1,7 @@
 #include "util/json_util.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "util/error.h"
 
@@ -131,24 +132,29 @@ void BodyReader::done() const {
 
 namespace aicloud {
 
-std::optional<std::string_view> top_level_member(std::string_view d, std::string_view key) {
+bool for_each_top_level_member(std::string_view d,
+                               const std::function<bool(std::string_view key, std::string_view value)>& f) {
   size_t i = 0;
   const size_t n = d.size();
   auto skip_ws = [&] {
     while (i < n && (d[i] == ' ' || d[i] == '\t' || d[i] == '\n' || d[i] == '\r')) ++i;
   };
-  // At an opening quote: moves past the closing one; the raw text between them.
+  // At an opening quote: moves past the closing one; the raw text between them. The quote and
+  // the backslashes are found by memchr (a completion's text is most of an answer).
   auto string = [&]() -> std::optional<std::string_view> {
     size_t begin = ++i;
     while (i < n) {
-      if (d[i] == '\\') {
-        i += 2;
-      } else if (d[i] == '"') {
-        return d.substr(begin, i++ - begin);
-      } else {
-        ++i;
+      const char* q = static_cast<const char*>(std::memchr(d.data() + i, '"', n - i));
+      if (!q) break;
+      size_t quote = size_t(q - d.data());
+      const char* b = static_cast<const char*>(std::memchr(d.data() + i, '\\', quote - i));
+      if (!b) {
+        i = quote + 1;
+        return d.substr(begin, quote - begin);
       }
+      i = size_t(b - d.data()) + 2;  // past the escape and the byte it escapes
     }
+    i = n;
     return std::nullopt;
   };
   // Moves past one value; false when the document ends inside it.
@@ -179,24 +185,37 @@ std::optional<std::string_view> top_level_member(std::string_view d, std::string
     return false;
   };
   skip_ws();
-  if (i >= n || d[i] != '{') return std::nullopt;
+  if (i >= n || d[i] != '{') return false;
   ++i;
+  skip_ws();
+  if (i < n && d[i] == '}') return true;
   while (true) {
     skip_ws();
-    if (i >= n || d[i] != '"') return std::nullopt;
+    if (i >= n || d[i] != '"') return false;
     auto k = string();
     skip_ws();
-    if (!k || i >= n || d[i] != ':') return std::nullopt;
+    if (!k || i >= n || d[i] != ':') return false;
     ++i;
     skip_ws();
-    if (i >= n) return std::nullopt;
+    if (i >= n) return false;
     size_t begin = i;
-    if (!value()) return std::nullopt;
-    if (*k == key) return d.substr(begin, i - begin);
+    if (!value()) return false;
+    if (!f(*k, d.substr(begin, i - begin))) return true;
     skip_ws();
-    if (i >= n || d[i] != ',') return std::nullopt;
+    if (i < n && d[i] == '}') return true;
+    if (i >= n || d[i] != ',') return false;
     ++i;
   }
+}
+
+std::optional<std::string_view> top_level_member(std::string_view d, std::string_view key) {
+  std::optional<std::string_view> found;
+  for_each_top_level_member(d, [&](std::string_view k, std::string_view v) {
+    if (k != key) return true;
+    found = v;
+    return false;
+  });
+  return found;
 }
 
 }  // namespace aicloud

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -26,6 +27,10 @@ std::string dump_json(const json& j);
 // nullopt when doc is not an object or has no such member. Not a validator: the slice it returns
 // is parsed by the caller, which is where malformed text is caught.
 std::optional<std::string_view> top_level_member(std::string_view doc, std::string_view key);
+// The same walk over every member: f(key as written, raw value text) in document order until it
+// returns false. False when doc is not an object or ends inside one (members before that were seen).
+bool for_each_top_level_member(std::string_view doc,
+                               const std::function<bool(std::string_view key, std::string_view value)>& f);
 
 class BodyReader {
  public:
