@@ -13,6 +13,7 @@ PKGS=(
   clang libfuzzer-14-dev libclang-rt-14-dev   # the fuzz target (libFuzzer)
   wrk nginx-light                      # bench/: load generator and the peer we compare with
   linux-perf                           # bench/gateway/syscalls.sh: system calls per request
+  valgrind                             # bench/gateway/instructions.sh: instructions per request
 )
 missing=()
 for p in "${PKGS[@]}"; do
