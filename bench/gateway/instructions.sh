@@ -20,6 +20,11 @@ CASES=${CASES:-whole stream}
 SECONDS_RUN=${SECONDS_RUN:-8}
 LOADGEN=${LOADGEN:-$ROOT/build/bench/gateway_loadgen}
 [ $# -gt 0 ] || set -- "$ROOT/build/aicloud"
+for c in $CASES; do
+  case $c in whole | stream) ;; *) die "CASES holds whole and/or stream, not '$c'" ;; esac
+done
+for b in "$@"; do [ -x "$b" ] || die "$b is not an aicloud binary (build it: make build)"; done
+[ -x "$LOADGEN" ] || die "$LOADGEN not found: build it first (make build)"
 
 WORK=$(mktemp -d /tmp/aicloud-instr-XXXXXX)
 HOLDER="" VG=""

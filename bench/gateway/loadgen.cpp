@@ -232,6 +232,11 @@ int64_t pct(const std::vector<int64_t>& sorted, double p) {
 int main(int argc, char** argv) {
   Run run;
   run.o = parse(argc, argv);
+  std::ofstream trace;  // opened before the run: a path it cannot write is an error now, not after it
+  if (!run.o.trace.empty()) {
+    trace.open(run.o.trace);
+    if (!trace) usage("cannot write the --trace file " + run.o.trace);
+  }
   asio::io_context io(1);
   asio::steady_timer wake(io, Clock::time_point::max());
   run.wake = &wake;
@@ -251,9 +256,9 @@ int main(int argc, char** argv) {
   if (run.o.rate > 0) asio::co_spawn(io, pacer(run), asio::detached);
   io.run();
 
-  if (!run.o.trace.empty()) {
-    std::ofstream t(run.o.trace);
-    for (auto [due_ms, us] : run.stats.trace) t << due_ms << ' ' << us << '\n';
+  if (trace.is_open()) {
+    for (auto [due_ms, us] : run.stats.trace) trace << due_ms << ' ' << us << '\n';
+    if (!trace.flush()) std::cerr << "loadgen: could not write the --trace file " << run.o.trace << "\n";
   }
   auto& lat = run.stats.lat_us;
   std::sort(lat.begin(), lat.end());

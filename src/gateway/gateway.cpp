@@ -308,7 +308,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     finish_record(int(status), [self = shared_from_this()] {
       http::Response r;
       r.status = self->status;
-      r.content_type = self->content_type.empty() ? "application/json" : self->content_type;
+      r.content_type = std::move(self->content_type);  // (none: application/json, Response's default)
       r.headers = std::move(self->headers);
       r.body = std::move(self->whole);
       self->out->reply(std::move(r));

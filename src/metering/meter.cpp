@@ -72,7 +72,7 @@ Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(o
     auto s = std::make_shared<Segment>();
     s->number = number;
     s->path = path;
-    s->written = false;
+    s->in_memory = false;
     s->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat st {};
     if (s->fd < 0 || ::fstat(s->fd, &st) != 0) throw std::runtime_error(sys_error("cannot read " + path));
@@ -288,7 +288,7 @@ void Meter::fold_now(bool last) {
       // Left in place (journaled, unfolded): the next round, or the next start, tries again,
       // from the file, so that a store that stays unwritable does not also fill memory.
       spdlog::error("metering: could not fold usage journal segment {} into the store: {}", s->number, e.what());
-      s->written = false;
+      s->in_memory = false;
       std::vector<UsageRecord>().swap(s->records);
       return;
     }
@@ -305,7 +305,7 @@ void Meter::fold_now(bool last) {
 void Meter::fold(Segment& s) {
   auto t0 = std::chrono::steady_clock::now();
   std::vector<UsageRecord> read;  // a segment of an earlier process: its records from the file
-  if (!s.written) {
+  if (!s.in_memory) {
     std::string data(s.size, '\0');
     for (size_t got = 0; got < data.size();) {
       ssize_t n = ::pread(s.fd, data.data() + got, data.size() - got, off_t(got));
@@ -319,7 +319,7 @@ void Meter::fold(Segment& s) {
     }
     read = journal::decode(data, s.number);
   }
-  std::vector<UsageRecord>& records = s.written ? s.records : read;
+  std::vector<UsageRecord>& records = s.in_memory ? s.records : read;
   store_.write([&](Tx& tx) {
     for (auto& r : records) tx.usage_append(r);
     tx.set_usage_folded_segment(s.number);

@@ -81,11 +81,12 @@ class Meter {
     int fd = -1;
     uint64_t size = 0;             // bytes of frames written (guarded by mu_)
     std::deque<Waiter> waiters;    // unsynced records, by end (guarded by mu_)
-    // The records of those frames, kept by the process that wrote them (guarded by mu_ while the
-    // segment is active): the fold then reads them here rather than reading and decoding the
-    // file back. A segment left by an earlier process (written false) is read from its file.
+    // in_memory: records holds the records of those frames (appended under mu_ while the
+    // segment is active), and the fold takes them from here rather than reading and decoding the
+    // file back. False for a segment left by an earlier process, and after a failed fold (whose
+    // records are dropped, so that a store that stays unwritable does not fill memory).
     std::vector<UsageRecord> records;
-    bool written = true;
+    bool in_memory = true;
     ~Segment();
   };
 

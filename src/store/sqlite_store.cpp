@@ -99,13 +99,18 @@ struct Stmt {
   sqlite3_stmt* s;
   int i = 0;
   Stmt(Conn& c, const std::string& sql) : c(c), s(c.prepare(sql)) {}
-  ~Stmt() { sqlite3_reset(s); }
+  bool bound_static = false;  // bind_static() was used: the bindings are cleared when done
+  ~Stmt() {
+    sqlite3_reset(s);
+    if (bound_static) sqlite3_clear_bindings(s);
+  }
   Stmt& bind(std::string_view v) {
     sqlite3_bind_text(s, ++i, v.data(), int(v.size()), SQLITE_TRANSIENT);
     return *this;
   }
   // Bound without a copy: v must stay as it is until the statement's bindings are cleared.
   Stmt& bind_static(std::string_view v) {
+    bound_static = true;
     sqlite3_bind_text(s, ++i, v.data(), int(v.size()), SQLITE_STATIC);
     return *this;
   }
@@ -335,15 +340,11 @@ class SqliteTx final : public Tx {
         "input_tokens, output_tokens, cached_tokens, latency_ms, status, request_id) "
         "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     Stmt st(*conn_, sql);
-    // The text is bound in place rather than copied (seven strings per record) and unbound
+    // The text is bound in place rather than copied (seven strings per record); st unbinds it
     // before r can change.
     st.bind(r.ts_ms).bind_static(r.org_id).bind_static(r.project_id).bind_static(r.api_key_id).bind_static(r.model);
     st.bind_static(r.deployment_id).bind_static(r.region).bind_static(r.endpoint).bind(r.input_tokens);
     st.bind(r.output_tokens).bind(r.cached_tokens).bind(r.latency_ms).bind(int64_t(r.status)).bind_static(r.request_id);
-    struct Unbind {
-      sqlite3_stmt* s;
-      ~Unbind() { sqlite3_clear_bindings(s); }
-    } unbind{st.s};
     st.step();
     r.seq = sqlite3_last_insert_rowid(conn_->db());
   }
