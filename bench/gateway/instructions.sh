@@ -4,7 +4,8 @@
 # the instruction count by well under 1%), so that two builds compare in one run each.
 #
 #   bench/gateway/instructions.sh [BIN...]     (CASES="whole stream" SECONDS_RUN=8; BIN defaults to
-#                                               build/aicloud)
+#                                               build/aicloud; KEEP=DIR keeps each loaded period's
+#                                               callgrind dump there, for callgrind_annotate)
 #
 # For each build and case: run.sh sets up the cloud (HOLD=1), the server is restarted under
 # callgrind on the same data, a warm-up, then an idle period and a loaded one of the same length
@@ -68,7 +69,12 @@ measure() {
   dump; rm -f "$WORK"/cg.out.*                 # counting from here
   sleep "$SECONDS_RUN"; dump; idle=$(total); rm -f "$WORK"/cg.out.*
   out=$("$LOADGEN" --url "$url" --key "$key" --body-file "$dir/$case.json" --connections 4 --seconds "$SECONDS_RUN" --warmup 0)
-  dump; busy=$(total); rm -f "$WORK"/cg.out.*
+  dump; busy=$(total)
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP"
+    cat "$WORK"/cg.out.* >"$KEEP/$(basename "$bin")-$case.callgrind"
+  fi
+  rm -f "$WORK"/cg.out.*
   n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out")
   [ "${n:-0}" -gt 0 ] || die "no requests answered: $out"
   printf '%-40s %-6s %7d requests  %8d instructions/request\n' "$bin" "$case" "$n" $(((busy - idle) / n))

@@ -1,5 +1,6 @@
 #include "gateway/request_scan.h"
 
+#include "util/json_scan.h"
 #include "util/json_util.h"
 
 namespace aicloud::gateway {
@@ -12,9 +13,8 @@ using Type = RequestSeen::Type;
 // The top-level members the scan reads.
 enum class Field : uint8_t { kOther, kModel, kInput, kStream, kStreamOptions, kMaxCompletionTokens, kMaxTokens };
 
-// A SAX handler (nlohmann's interface, as a template parameter). depth_ counts the containers
-// open around the current event: members of the body are at depth 1, their elements or members
-// at depth 2.
+// A json_scan handler. depth_ counts the containers open around the current event: members of
+// the body are at depth 1, their elements or members at depth 2.
 class Scanner {
  public:
   Scanner(std::string_view input_member, RequestSeen& out) : input_(input_member), out_(out) {}
@@ -25,32 +25,33 @@ class Scanner {
     if (depth_ == 2 && field_ == Field::kStreamOptions && options_object_ && include_usage_key_) out_.include_usage = v;
     return value(Type::kBoolean);
   }
-  bool number_integer(json::number_integer_t v) {
-    integer(v);
+  bool number(const json_scan::Number& n) {
+    using Kind = json_scan::Number::Kind;
+    if (n.kind == Kind::kFloat) return value(Type::kFloat);
+    integer(n.kind == Kind::kInteger ? n.integer : n.unsigned_ > uint64_t(INT64_MAX) ? -1 : int64_t(n.unsigned_));
     return value(Type::kInteger);
   }
-  bool number_unsigned(json::number_unsigned_t v) {
-    integer(v > uint64_t(INT64_MAX) ? -1 : int64_t(v));
-    return value(Type::kInteger);
-  }
-  bool number_float(json::number_float_t, const json::string_t&) { return value(Type::kFloat); }
-  bool string(json::string_t& s) {
-    if (depth_ == 1 && field_ == Field::kModel) out_.model_name = std::move(s);
-    else if (depth_ == 1 && field_ == Field::kInput) out_.input_size = s.size();
+  bool string(std::string_view raw, bool escaped) {
+    if (depth_ == 1 && field_ == Field::kModel) {
+      out_.model_name = escaped ? json_scan::unescape(raw) : std::string(raw);
+    } else if (depth_ == 1 && field_ == Field::kInput) {
+      out_.input_size = escaped ? json_scan::unescape(raw).size() : raw.size();
+    }
     return value(Type::kString);
   }
-  bool binary(json::binary_t&) { return value(Type::kString); }  // (not produced by the JSON parser)
 
-  bool key(json::string_t& k) {
+  bool key(std::string_view raw, bool escaped) {
+    if (depth_ != 1 && depth_ != 2) return true;
+    std::string decoded;
+    std::string_view k = escaped ? std::string_view(decoded = json_scan::unescape(raw)) : raw;
     if (depth_ == 1) field_ = field_of(k);
     if (depth_ == 2) include_usage_key_ = k == "include_usage";
     return true;
   }
-  bool start_object(std::size_t) { return open(Type::kObject); }
-  bool start_array(std::size_t) { return open(Type::kArray); }
+  bool start_object() { return open(Type::kObject); }
+  bool start_array() { return open(Type::kArray); }
   bool end_object() { return close(); }
   bool end_array() { return close(); }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
 
  private:
   Field field_of(std::string_view k) const {
@@ -102,7 +103,8 @@ class Scanner {
   bool open(Type t) {
     value(t);
     if (depth_ == 2) include_usage_key_ = false;  // a nested container is not include_usage's value
-    return ++depth_ <= int(kMaxJsonDepth);  // deeper: the caller's parse_json_body says so
+    ++depth_;  // (json_scan refuses nesting deeper than kMaxJsonDepth: parse_json_body says so)
+    return true;
   }
 
   bool close() {
@@ -139,7 +141,7 @@ Type type_of(const json& j) {
 bool scan_request(std::string_view body, std::string_view input_member, RequestSeen& out) {
   RequestSeen seen;
   Scanner s(input_member, seen);
-  if (!json::sax_parse(body.begin(), body.end(), &s)) return false;
+  if (!json_scan::scan(body, s)) return false;
   out = std::move(seen);
   return true;
 }

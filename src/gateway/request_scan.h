@@ -1,7 +1,7 @@
 // What the gateway reads from a chat, completion or embeddings request body: the few top-level
-// members it checks and routes by, found in one SAX pass that validates the whole body without
-// building a JSON tree (a tree costs an allocation per member: a chat request's messages made
-// about two dozen per request). The body itself is forwarded as the client sent it.
+// members it checks and routes by, found in one pass of util/json_scan.h that validates the whole
+// body without building a JSON tree (a tree costs an allocation per member: a chat request's
+// messages made about two dozen per request). The body itself is forwarded as the client sent it.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -4,15 +4,12 @@
 #include <cmath>
 #include <optional>
 
-#include <nlohmann/json.hpp>
-
+#include "util/json_scan.h"
 #include "util/json_util.h"
 
 namespace aicloud::gateway {
 
 namespace {
-
-using json = nlohmann::json;
 
 // The member names the scan follows; everything else is kOther.
 enum class Key : uint8_t { kOther, kUsage, kTimings, kChoices, kPromptTokens, kCompletionTokens, kDetails, kCachedTokens, kCacheN };
@@ -29,8 +26,7 @@ Key key_of(std::string_view k) {
   return Key::kOther;
 }
 
-// A SAX handler (nlohmann's interface, used as a template parameter: no virtual calls) that
-// keeps the names of the containers it is inside, down to kDepth, and takes the numbers found
+// A json_scan handler that keeps the names of the containers it is inside, down to kDepth, and takes the numbers found
 // at the places it wants. The document's root is `root`: a whole chunk (kOther), or a `usage` or
 // `timings` member's own text (then that member is the root).
 class Scan {
@@ -40,29 +36,30 @@ class Scan {
 
   // Numbers keep the last value of a name, as a tree does for a repeated one. A number of
   // another JSON type than an integer is read as one (cut to an integer); any other value is 0.
-  bool number_integer(json::number_integer_t v) { return number(v); }
-  bool number_unsigned(json::number_unsigned_t v) { return number(v > uint64_t(INT64_MAX) ? INT64_MAX : int64_t(v)); }
-  bool number_float(json::number_float_t v, const json::string_t&) {
-    return number(std::isfinite(v) && std::fabs(v) < 9e18 ? int64_t(v) : 0);
+  bool number(const json_scan::Number& n) {
+    switch (n.kind) {
+      case json_scan::Number::Kind::kInteger: return value(n.integer);
+      case json_scan::Number::Kind::kUnsigned: return value(n.unsigned_ > uint64_t(INT64_MAX) ? INT64_MAX : int64_t(n.unsigned_));
+      case json_scan::Number::Kind::kFloat: break;
+    }
+    return value(std::isfinite(n.floating) && std::fabs(n.floating) < 9e18 ? int64_t(n.floating) : 0);
   }
   bool null() {
     if (depth_ == 1 && root_ == Key::kOther && in_object(1) && key_ == Key::kChoices) out_.choices_empty = true;
-    return number(0);
+    return value(0);
   }
-  bool boolean(bool) { return number(0); }
-  bool string(json::string_t&) { return number(0); }
-  bool binary(json::binary_t&) { return number(0); }
+  bool boolean(bool) { return value(0); }
+  bool string(std::string_view, bool) { return value(0); }
 
-  bool key(json::string_t& k) {
+  bool key(std::string_view raw, bool escaped) {
     item();
-    key_ = key_of(k);
+    key_ = key_of(escaped ? std::string_view(json_scan::unescape(raw)) : raw);
     return true;
   }
-  bool start_object(std::size_t) { return open(true); }
-  bool start_array(std::size_t) { return open(false); }
+  bool start_object() { return open(true); }
+  bool start_array() { return open(false); }
   bool end_object() { return close(); }
   bool end_array() { return close(); }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
 
  private:
   static constexpr int kDepth = 4;  // the deepest place read: usage.prompt_tokens_details.cached_tokens in a chunk
@@ -77,7 +74,7 @@ class Scan {
     if (depth_ == 2 && choices_open_ && name(2) == Key::kChoices) ++choices_items_;
   }
 
-  bool number(int64_t v) {
+  bool value(int64_t v) {
     if (depth_ == 0) return true;  // a bare scalar document: nothing to read
     if (in_object(depth_)) {       // (item() was counted at the key)
       if (depth_ == usage_at_ && name(depth_) == Key::kUsage) {
@@ -138,7 +135,7 @@ class Scan {
 
 bool scan(std::string_view text, Key root, UsageSeen& out) {
   Scan s(root, out);
-  if (!json::sax_parse(text.begin(), text.end(), &s)) return false;
+  if (!json_scan::scan(text, s)) return false;
   s.settle();
   return true;
 }

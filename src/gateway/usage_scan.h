@@ -1,6 +1,6 @@
 // The token counts an answer reports, read without building a JSON tree: a tree costs an
 // allocation per member (a llama-server answer's `usage` and `timings` were about twenty per
-// request), where these read the few members they want in one SAX pass.
+// request), where these read the few members they want in one pass of util/json_scan.h.
 #pragma once
 #include <cstdint>
 #include <string_view>
