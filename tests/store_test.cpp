@@ -479,6 +479,39 @@ TEST(Store, DatabaseFromANewerBinaryIsRefused) {
   EXPECT_EQ(raw_sql(db_path(d), "SELECT count(*) FROM sqlite_master WHERE name='objects'"), 0);
 }
 
+// The fold appends usage records many to a statement: every row keeps its own values, through
+// full statements and the rest.
+TEST(Store, UsageRecordsAppendEveryRowWhole) {
+  TempDir d;
+  auto s = open_store(d);
+  auto batch = [](int from, int n) {
+    std::vector<UsageRecord> v;
+    for (int i = from; i < from + n; ++i) {
+      UsageRecord r;
+      r.ts_ms = 1000 + i;
+      r.org_id = "org_" + std::to_string(i % 2);
+      r.project_id = "proj_" + std::to_string(i % 3);
+      r.api_key_id = "key_" + std::to_string(i);
+      r.model = "m", r.deployment_id = "dep", r.region = "local", r.endpoint = "completions";
+      r.input_tokens = i, r.output_tokens = 2 * i, r.cached_tokens = i % 5, r.latency_ms = 7, r.status = 200;
+      r.request_id = "req_" + std::to_string(i);
+      v.push_back(std::move(r));
+    }
+    return v;
+  };
+  s->write([&](Tx& tx) { tx.usage_append(batch(0, 75)); });  // two statements of 32 rows, then 11 one by one
+  s->write([&](Tx& tx) { tx.usage_append(batch(75, 5)); });
+  s->write([&](Tx& tx) { tx.usage_append({}); });
+  std::string path = db_path(d);
+  EXPECT_EQ(raw_sql(path, "SELECT COUNT(*) FROM usage_records"), 80);
+  EXPECT_EQ(raw_sql(path, "SELECT COUNT(*) FROM usage_records WHERE request_id = 'req_' || input_tokens AND "
+                          "api_key_id = 'key_' || input_tokens AND project_id = 'proj_' || (input_tokens % 3) AND "
+                          "org_id = 'org_' || (input_tokens % 2) AND ts_ms = 1000 + input_tokens AND "
+                          "output_tokens = 2 * input_tokens AND cached_tokens = input_tokens % 5"),
+            80);
+  EXPECT_EQ(raw_sql(path, "SELECT SUM(input_tokens) FROM usage_records"), 79 * 80 / 2);
+}
+
 TEST(Store, ReopenKeepsData) {
   TempDir d;
   {

@@ -321,7 +321,7 @@ void Meter::fold(Segment& s) {
   }
   std::vector<UsageRecord>& records = s.in_memory ? s.records : read;
   store_.write([&](Tx& tx) {
-    for (auto& r : records) tx.usage_append(r);
+    tx.usage_append(records);
     tx.set_usage_folded_segment(s.number);
   });
   folded_ += int64_t(records.size());

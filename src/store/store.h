@@ -78,7 +78,6 @@ struct IdempotencyRecord {
 
 // One finished model request, as metered by the gateway (billing reads these).
 struct UsageRecord {
-  int64_t seq = 0;
   int64_t ts_ms = 0;
   std::string org_id, project_id, api_key_id, model, deployment_id, region;
   std::string endpoint;  // "chat.completions", "completions", "embeddings"
@@ -129,7 +128,8 @@ class Tx {
   virtual std::optional<IdempotencyRecord> idempotency_get(std::string_view scope, std::string_view key) = 0;
   virtual void idempotency_put(std::string_view scope, std::string_view key, const IdempotencyRecord& r) = 0;
 
-  virtual void usage_append(UsageRecord& r) = 0;  // r.seq is set
+  // Appends the records in order (their seq is not set: nothing reads it back).
+  virtual void usage_append(const std::vector<UsageRecord>& records) = 0;
   // The newest usage journal segment whose records are in usage_records (0: none yet).
   virtual uint64_t usage_folded_segment() = 0;
   virtual void set_usage_folded_segment(uint64_t segment) = 0;
