@@ -143,7 +143,11 @@ TEST_P(MeterModes, AcknowledgedRecordsSurviveKill9AndAreFoldedOnceOnRestart) {
     // folds), and is killed by the parent in the middle of its stream of records.
     ::close(pipefd[0]);
     auto store = open_store(d, GetParam());
-    Meter m(*store, options(d, GetParam(), 3600s));
+    // A small mapping: the records go first into the mapped part of the segment, then (about
+    // 400 records in) with pwrite past it; recovery reads both.
+    MeterOptions o = options(d, GetParam(), 3600s);
+    o.map_bytes = 64 << 10;
+    Meter m(*store, o);
     for (int i = 0;; ++i) {
       m.record(record(i), [fd = pipefd[1]](bool ok) {
         char c = ok ? 'y' : 'n';

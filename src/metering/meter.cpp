@@ -1,6 +1,7 @@
 #include "metering/meter.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,6 +43,7 @@ std::string sys_error(const std::string& what) { return what + ": " + std::strer
 }  // namespace
 
 Meter::Segment::~Segment() {
+  if (map) ::munmap(map, map_len);
   if (fd >= 0) ::close(fd);
 }
 
@@ -140,6 +142,19 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
   }
   s->fd = ::open(s->path.c_str(), flags, 0600);
   if (s->fd < 0) throw std::runtime_error(sys_error("cannot open " + s->path));
+  // The mapped part is allocated first (a no-op for a reused file), so that copying a frame
+  // there never needs a block the disk no longer has: a write to a shared mapping that cannot
+  // get one is a SIGBUS, not an error. Without it (a full disk), frames are written with pwrite.
+  // Frames are copied into a mapping of the file rather than written with pwrite: that was a
+  // system call per batch (about a third of one per proxied request under load) on the io
+  // threads, made while they held mu_.
+  if (opts_.map_bytes > 0 && ::posix_fallocate(s->fd, 0, off_t(opts_.map_bytes)) == 0) {
+    void* m = ::mmap(nullptr, opts_.map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+    if (m != MAP_FAILED) {
+      s->map = static_cast<char*>(m);
+      s->map_len = opts_.map_bytes;
+    }
+  }
   fsync_dir();  // the name must be durable before a record under it is acknowledged
   return s;
 }
@@ -163,7 +178,15 @@ void Meter::record_batch(std::vector<Pending>& batch) {
     journal::encode(p.record, s.number, frames);
     ends.push_back(s.size + frames.size());
   }
-  if (!pwrite_all(s.fd, frames, s.size)) {
+  // A frame copied into the mapping is in the kernel's page cache, as a pwrite's would be: it
+  // survives the process's kill -9, and fdatasync (the syncer) writes it out like any other.
+  bool written = s.size + frames.size() <= s.map_len;
+  if (written) {
+    std::memcpy(s.map + s.size, frames.data(), frames.size());
+  } else {
+    written = pwrite_all(s.fd, frames, s.size);
+  }
+  if (!written) {
     // The size is not advanced: the next write overwrites whatever part of these got out.
     std::string err = sys_error("write " + s.path);
     lk.unlock();

@@ -2,9 +2,10 @@
 // the response complete, so a response that completed never loses its record, even on kill -9.
 //
 // The path a record takes:
-//   record()  -> one pwrite of a frame (metering/journal.h) to the journal's active segment, on
-//                the calling io thread. Under fsync=false that is the acknowledgement: the bytes
-//                are in the kernel and survive the process being killed, so on_durable runs at
+//   record()  -> the frame (metering/journal.h) is copied into the journal's active segment, a
+//                shared mapping of its file (pwrite past the mapped part), on the calling io
+//                thread. Under fsync=false that is the acknowledgement: the bytes are in the
+//                kernel's page cache and survive the process being killed, so on_durable runs at
 //                once, with no hand-off to another thread.
 //   syncer    -> only under fsync=true (--sync full, survives power loss): fdatasyncs the active
 //                segment and runs on_durable for every record the sync covered: a group commit
@@ -36,6 +37,9 @@ struct MeterOptions {
   std::string dir;     // the journal's segment files
   bool fsync = true;   // acknowledge after fdatasync (power loss) rather than after write (kill -9)
   std::chrono::milliseconds fold_every{200};
+  // The first map_bytes of each segment file are a shared mapping that frames are copied into
+  // (meter.cpp says why); frames past it are written with pwrite. Tests make it small.
+  size_t map_bytes = 8u << 20;
 };
 
 class Meter {
@@ -79,6 +83,8 @@ class Meter {
     uint64_t number = 0;
     std::string path;
     int fd = -1;
+    char* map = nullptr;           // the file's first map_len bytes, shared (none: pwrite only)
+    size_t map_len = 0;
     uint64_t size = 0;             // bytes of frames written (guarded by mu_)
     std::deque<Waiter> waiters;    // unsynced records, by end (guarded by mu_)
     // in_memory: records holds the records of those frames (appended under mu_ while the
