@@ -202,6 +202,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_request() {
     if (srv_.stopping) return close();
     parser_.emplace();
+    parser_->eager(true);  // the body too, in the put() that finishes the header (parse_request)
     parser_->body_limit(srv_.opts.body_limit);
     parser_->header_limit(static_cast<std::uint32_t>(srv_.opts.header_limit));
     if (buffer_.size() > 0) {
@@ -218,17 +219,50 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // The request is parsed by hand from the session's buffer rather than with Beast's composed
+  // reads (async_read_header, then async_read): those complete through a posted handler even
+  // when the bytes are in the buffer already, so a request that came in one read took two more
+  // turns of the event loop (the upstream pool reads its answers the same way, upstream.cpp).
+  // The header is read under header_timeout, the body under body_timeout.
   void read_header() {
     stream_.expires_after(srv_.opts.header_timeout);
-    bhttp::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (ec) return self->on_read_error(ec);
-      self->stream_.expires_after(self->srv_.opts.body_timeout);
-      bhttp::async_read(self->stream_, self->buffer_, *self->parser_,
-                        [self](beast::error_code ec2, size_t) {
-                          if (ec2) return self->on_read_error(ec2);
-                          self->on_request();
-                        });
-    });
+    header_timed_ = true;
+    parse_request();
+  }
+
+  void parse_request() {
+    for (;;) {
+      beast::error_code ec = bhttp::error::need_more;
+      size_t used = 0;
+      if (buffer_.size() > 0) {
+        used = parser_->put(buffer_.data(), ec);
+        buffer_.consume(used);
+      }
+      if (header_timed_ && parser_->is_header_done()) {
+        header_timed_ = false;
+        stream_.expires_after(srv_.opts.body_timeout);
+      }
+      if (!ec && parser_->is_done()) return on_request();
+      if (ec && ec != bhttp::error::need_more) return on_read_error(ec);
+      if (!ec && used > 0) continue;  // (the parser stopped at a boundary: more to parse)
+      if (buffer_.size() >= buffer_.max_size()) return on_read_error(bhttp::error::buffer_overflow);
+      size_t room = std::min<size_t>(buffer_.max_size() - buffer_.size(), kReadAhead);
+      stream_.async_read_some(buffer_.prepare(room), [self = shared_from_this()](beast::error_code ec2, size_t n) {
+        self->buffer_.commit(n);
+        if (ec2 == asio::error::eof) {
+          // As Beast's reads: the end before any byte is end_of_stream, a cut-off request a
+          // partial_message (put_eof), and a request it completes is served.
+          if (!self->parser_->got_some()) return self->on_read_error(bhttp::error::end_of_stream);
+          self->parser_->put_eof(ec2);
+          if (ec2) return self->on_read_error(ec2);
+          if (self->parser_->is_done()) return self->on_request();
+          return self->on_read_error(bhttp::error::partial_message);
+        }
+        if (ec2) return self->on_read_error(ec2);
+        self->parse_request();
+      });
+      return;
+    }
   }
 
   void on_read_error(beast::error_code ec) {
@@ -508,6 +542,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::array<asio::const_buffer, 2> bufs_;  // the two, for write_now (valid until it is done)
   std::string remote_;
   bool busy_ = false;
+  bool header_timed_ = false;  // the read is under header_timeout (until the header is parsed)
 
   // A response being produced by a ResponseStream.
   std::shared_ptr<ResponseStream> out_;
