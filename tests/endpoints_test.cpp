@@ -123,6 +123,8 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   http::ClientResponse r = chat_until(pa, 200);
   ASSERT_EQ(r.status, 200u) << r.body;
   EXPECT_EQ(json::parse(r.body)["choices"][0]["message"]["content"], "hi");
+  EXPECT_FALSE(r.header("x-ratelimit-remaining-requests").empty()) << "every answer carries the rate limits";
+  EXPECT_FALSE(r.header("x-request-id").empty());
   {
     std::lock_guard lk(canned.mu);
     EXPECT_EQ(canned.last_auth, "Bearer sk-upstream-secret");
@@ -136,6 +138,8 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   auto st = c->request("POST", "/v1/chat/completions", s,
                        {{"Authorization", "Bearer " + a.project_key}, {"Content-Type", "application/json"}});
   ASSERT_EQ(st.status, 200u) << st.body;
+  EXPECT_FALSE(st.header("x-ratelimit-remaining-tokens").empty()) << "a stream's head carries them too";
+  EXPECT_EQ(st.header("content-type"), "text/event-stream");
   EXPECT_NE(st.body.find("\"prompt_tokens\":7"), std::string::npos) << st.body;
   EXPECT_NE(st.body.find("data: [DONE]"), std::string::npos) << st.body;
   {

@@ -88,7 +88,7 @@ http::Response App::handle(http::Request& req, const std::string& remote_addr) {
   std::string method(req.method_string());
   http::Response res;
   int route = -1;
-  std::optional<Principal> principal;
+  std::optional<Principal> principal;  // for the log line only (taken when it is written)
 
   if (!parse_target(req.target(), target)) {
     res = error_response(bad_request("The request target is not a valid URL path.", "invalid_path"));
@@ -109,7 +109,7 @@ http::Response App::handle(http::Request& req, const std::string& remote_addr) {
     } else {
       Context c{*this, req, target, match, request_id};
       res = run(c, routes_[size_t(route)]);
-      principal = c.principal;
+      if (spdlog::should_log(spdlog::level::info)) principal = std::move(c.principal);
     }
   }
 

@@ -207,11 +207,18 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     headers = std::move(h.headers);
     headers.reserve(headers.size() + 1 + rl_headers.size());
     headers.emplace_back("x-request-id", request_id);
-    headers.insert(headers.end(), rl_headers.begin(), rl_headers.end());
+    // (rl_headers join them when the answer goes out: until then a failure's own answer, fail(),
+    // may still need them.)
     if (stream && status == 200) {
       head_sent = true;
       flush_soon();
     }
+  }
+
+  // The x-ratelimit-* headers join the upstream's, moved: the answer is going out.
+  void take_rl_headers() {
+    headers.insert(headers.end(), std::make_move_iterator(rl_headers.begin()), std::make_move_iterator(rl_headers.end()));
+    rl_headers.clear();
   }
 
   void flush_soon() {
@@ -232,7 +239,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     to_client += more;
     if (!head_given) {
       head_given = true;
-      out->head(200, content_type.empty() ? "text/event-stream" : content_type, headers, std::move(to_client), end);
+      take_rl_headers();
+      out->head(200, content_type.empty() ? "text/event-stream" : content_type, std::move(headers), std::move(to_client), end);
     } else if (!to_client.empty() || end) {
       out->write(std::move(to_client), end);
     }
@@ -309,6 +317,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       http::Response r;
       r.status = self->status;
       r.content_type = std::move(self->content_type);  // (none: application/json, Response's default)
+      self->take_rl_headers();
       r.headers = std::move(self->headers);
       r.body = std::move(self->whole);
       self->out->reply(std::move(r));
