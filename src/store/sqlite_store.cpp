@@ -268,6 +268,7 @@ class SqliteTx final : public Tx {
   }
   void insert(Object& o) override {
     require_write();
+    objects_written_ = true;
     if (o.created_at == 0) o.created_at = now_unix();
     o.version = 1;
     Stmt st(*conn_,
@@ -282,6 +283,7 @@ class SqliteTx final : public Tx {
   }
   void update(Object& o) override {
     require_write();
+    objects_written_ = true;
     Stmt st(*conn_,
             "UPDATE objects SET org_id=?, project_id=?, parent_id=?, lookup=?, version=version+1, data=? "
             "WHERE id=? AND kind=? AND version=?");
@@ -295,6 +297,7 @@ class SqliteTx final : public Tx {
   }
   bool remove(std::string_view kind, std::string_view id) override {
     require_write();
+    objects_written_ = true;
     Stmt st(*conn_, "DELETE FROM objects WHERE id=? AND kind=?");
     st.bind(id).bind(kind);
     st.step();
@@ -438,6 +441,7 @@ class SqliteTx final : public Tx {
   std::unique_ptr<Conn> conn_;
   bool write_;
   bool done_ = false;
+  bool objects_written_ = false;  // insert, update or remove ran: the commit moves write_generation()
   std::unique_lock<std::mutex> writer_lock_;
   std::vector<WrittenObject> written_;  // watched objects this transaction wrote
 };
@@ -600,7 +604,7 @@ void SqliteTx::commit() {
   conn_->exec_cached("COMMIT");
   done_ = true;
   if (write_) {
-    store_.bump_generation();
+    if (objects_written_) store_.bump_generation();
     store_.committed(written_);
   }
 }

@@ -153,8 +153,10 @@ class Store {
   virtual ~Store() = default;
   // write=true takes the single writer lock for the whole transaction (BEGIN IMMEDIATE).
   virtual std::unique_ptr<Tx> begin(bool write) = 0;
-  // A monotonically increasing number bumped by every committed write in this process; caches
-  // compare it to know whether what they hold may be stale.
+  // A monotonically increasing number bumped by every committed write of objects (insert, update,
+  // remove) in this process; caches of objects compare it to know whether what they hold may be
+  // stale. Usage records, audit records and idempotency records do not move it: the meter folds
+  // usage every 200 ms, and each fold made the rate limiter reload its whole table.
   virtual uint64_t write_generation() const = 0;
 
   // A hook for in-memory watchers (the agents' long-polls, api/compute_routes.cpp): after each
