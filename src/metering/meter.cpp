@@ -142,12 +142,12 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
   }
   s->fd = ::open(s->path.c_str(), flags, 0600);
   if (s->fd < 0) throw std::runtime_error(sys_error("cannot open " + s->path));
-  // The mapped part is allocated first (a no-op for a reused file), so that copying a frame
-  // there never needs a block the disk no longer has: a write to a shared mapping that cannot
-  // get one is a SIGBUS, not an error. Without it (a full disk), frames are written with pwrite.
-  // Frames are copied into a mapping of the file rather than written with pwrite: that was a
-  // system call per batch (about a third of one per proxied request under load) on the io
-  // threads, made while they held mu_.
+  // Frames are copied into a shared mapping of the file's first map_bytes rather than written
+  // with pwrite, which was a system call per batch (about a third of one per proxied request
+  // under load) made by the io threads while they held mu_. That part is allocated first (a
+  // no-op for a reused file), so that a copy never needs a block the disk no longer has: a write
+  // to a shared mapping that cannot get one is a SIGBUS, not an error. Where it cannot be
+  // allocated (a full disk), or past it, frames are written with pwrite.
   if (opts_.map_bytes > 0 && ::posix_fallocate(s->fd, 0, off_t(opts_.map_bytes)) == 0) {
     void* m = ::mmap(nullptr, opts_.map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
     if (m != MAP_FAILED) {

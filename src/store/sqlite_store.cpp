@@ -100,10 +100,7 @@ struct Stmt {
   int i = 0;
   Stmt(Conn& c, const std::string& sql) : c(c), s(c.prepare(sql)) {}
   bool bound_static = false;  // bind_static() was used: the bindings are cleared when done
-  ~Stmt() {
-    sqlite3_reset(s);
-    if (bound_static) sqlite3_clear_bindings(s);
-  }
+  ~Stmt() { rebind(); }
   Stmt& bind(std::string_view v) {
     sqlite3_bind_text(s, ++i, v.data(), int(v.size()), SQLITE_TRANSIENT);
     return *this;
