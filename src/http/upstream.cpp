@@ -238,19 +238,23 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // Feeds what the buffer holds to the parser: the head once, body bytes as they come (chunking
   // removed), then the end; reads more when the parser needs it.
   void parse() {
+    // The body's bytes are parsed into this thread's chunk buffer and handed to on_data at once,
+    // before anything else can run on the thread. A buffer per call made every call in flight
+    // 16 KiB larger: 160 MiB for 10,000 streams.
+    thread_local char chunk[16 * 1024];
     while (!done_) {
       beast::error_code ec = bhttp::error::need_more;
       bool had_head = parser_->is_header_done();  // delivered in the pass that completed it
       if (had_head) {
-        parser_->get().body().data = chunk_;
-        parser_->get().body().size = sizeof chunk_;
+        parser_->get().body().data = chunk;
+        parser_->get().body().size = sizeof chunk;
       }
       if (buf_.size() > 0) buf_.consume(parser_->put(buf_.data(), ec));
       if (!had_head && parser_->is_header_done()) {
         deliver_head();
       } else if (had_head) {
-        size_t n = sizeof chunk_ - parser_->get().body().size;
-        if (n > 0 && cb_.on_data) cb_.on_data(std::string_view(chunk_, n));
+        size_t n = sizeof chunk - parser_->get().body().size;
+        if (n > 0 && cb_.on_data) cb_.on_data(std::string_view(chunk, n));
       }
       if (done_) return;  // on_head and on_data may cancel
       if (parser_->is_done()) return finish("", true, parser_->keep_alive());
@@ -321,7 +325,6 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   std::unique_ptr<tcp::resolver> resolver_;
   beast::flat_buffer buf_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
-  char chunk_[16 * 1024];
   bool reused_ = false, got_response_ = false, done_ = false;
 };
 
