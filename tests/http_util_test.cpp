@@ -1,6 +1,7 @@
 // HTTP helpers as a library: routing, request targets, strict JSON bodies, list shape, metrics.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,17 @@ ApiError catch_api_error(F&& fn) {
   }
   ADD_FAILURE() << "no ApiError thrown";
   return ApiError(0, "", "");
+}
+
+// The first top-level member named key, as the gateway's usage read finds it.
+std::optional<std::string_view> top_level_member(std::string_view doc, std::string_view key) {
+  std::optional<std::string_view> found;
+  aicloud::for_each_top_level_member(doc, [&](std::string_view k, std::string_view v) {
+    if (k != key) return true;
+    found = v;
+    return false;
+  });
+  return found;
 }
 
 }  // namespace

@@ -14,9 +14,10 @@
 #include <vector>
 
 #include "gateway/replicas.h"
+#include "gateway/request_scan.h"
+#include "gateway/usage_scan.h"
 #include "identity/crypto.h"
 #include "metering/journal.h"
-#include "util/json_util.h"
 
 using namespace aicloud;
 
@@ -71,10 +72,11 @@ int main(int argc, char** argv) {
     std::function<void()> run;
   };
   std::vector<Step> steps = {
-      {"parse and check the request body (JSON)",
+      {"check the request body (request_scan.h)",
        [] {
-         json b = parse_json_body(kRequest);
-         sink = b["model"].get_ref<const std::string&>().size() + b["messages"].size() + b.value("max_tokens", 0);
+         gateway::RequestSeen q;
+         gateway::scan_request(kRequest, "messages", q);
+         sink = q.model_name.size() + q.input_size + size_t(q.max_tokens_value);
        }},
       {"hash the API key (the key cache's lookup)", [] { sink = sha256_hex(kKey).size(); }},
       {"pick a replica, release it", [&] {
@@ -82,10 +84,10 @@ int main(int argc, char** argv) {
          sink = p->replica.port;
          gateway::ReplicaDirectory::release(*p);
        }},
-      {"read the usage from the answer", [] {
-         auto u = top_level_member(kAnswer, "usage");
-         json usage = json::parse(*u);
-         sink = usage.value("prompt_tokens", 0) + usage.value("completion_tokens", 0);
+      {"read the answer's usage (usage_scan.h)", [] {
+         gateway::UsageSeen u;
+         gateway::scan_answer_usage(kAnswer, u);
+         sink = size_t(u.prompt + u.completion);
        }},
       {"encode the usage record's journal frame", [&] {
          frame.clear();

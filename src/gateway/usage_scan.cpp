@@ -26,9 +26,9 @@ Key key_of(std::string_view k) {
   return Key::kOther;
 }
 
-// A json_scan handler that keeps the names of the containers it is inside, down to kDepth, and takes the numbers found
-// at the places it wants. The document's root is `root`: a whole chunk (kOther), or a `usage` or
-// `timings` member's own text (then that member is the root).
+// A json_scan handler that keeps the names of the containers it is inside, down to kDepth, and
+// takes the numbers found at the places it wants. The document's root is `root`: a whole chunk
+// (kOther), or a `usage` or `timings` member's own text (then that member is the root).
 class Scan {
  public:
   Scan(Key root, UsageSeen& out)

@@ -98,8 +98,8 @@ struct Stmt {
   Conn& c;
   sqlite3_stmt* s;
   int i = 0;
-  Stmt(Conn& c, const std::string& sql) : c(c), s(c.prepare(sql)) {}
   bool bound_static = false;  // bind_static() was used: the bindings are cleared when done
+  Stmt(Conn& c, const std::string& sql) : c(c), s(c.prepare(sql)) {}
   ~Stmt() { rebind(); }
   Stmt& bind(std::string_view v) {
     sqlite3_bind_text(s, ++i, v.data(), int(v.size()), SQLITE_TRANSIENT);

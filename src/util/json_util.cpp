@@ -208,14 +208,4 @@ bool for_each_top_level_member(std::string_view d,
   }
 }
 
-std::optional<std::string_view> top_level_member(std::string_view d, std::string_view key) {
-  std::optional<std::string_view> found;
-  for_each_top_level_member(d, [&](std::string_view k, std::string_view v) {
-    if (k != key) return true;
-    found = v;
-    return false;
-  });
-  return found;
-}
-
 }  // namespace aicloud

@@ -22,13 +22,11 @@ json parse_json_body(std::string_view body);
 // Serialises for the wire; invalid UTF-8 in stored data is replaced, never thrown.
 std::string dump_json(const json& j);
 
-// The raw text of a top-level member's value in a JSON object document ("usage" in a relayed
-// completion), found without parsing the rest: strings and nesting are skipped byte by byte.
-// nullopt when doc is not an object or has no such member. Not a validator: the slice it returns
-// is parsed by the caller, which is where malformed text is caught.
-std::optional<std::string_view> top_level_member(std::string_view doc, std::string_view key);
-// The same walk over every member: f(key as written, raw value text) in document order until it
-// returns false. False when doc is not an object or ends inside one (members before that were seen).
+// Walks a JSON object document's top-level members without parsing the rest: f(key as written,
+// the member's raw value text) in document order until it returns false (a relayed completion's
+// "usage", found past its text). Strings and nesting are skipped, not checked: a value is parsed by
+// the caller, which is where malformed text is caught. False when doc is not an object or ends
+// inside one (members before that were seen).
 bool for_each_top_level_member(std::string_view doc,
                                const std::function<bool(std::string_view key, std::string_view value)>& f);
 
