@@ -5,6 +5,9 @@
 // rate limits (/admin/v1/settings), which apply to every project without its own.
 #include <gtest/gtest.h>
 
+#include <strings.h>
+
+#include <algorithm>
 #include <chrono>
 #include <mutex>
 #include <thread>
@@ -29,6 +32,8 @@ class CannedUpstream : public http::Handler {
       ++requests;
     }
     http::Response r;
+    // A hosted API's own limits: not the tenant's, which are the gateway's.
+    r.headers.emplace_back("X-RateLimit-Remaining-Requests", "upstream-7");
     json in = json::parse(req.body(), nullptr, false);
     if (in.is_object() && in.value("stream", false)) {
       r.content_type = "text/event-stream";
@@ -124,6 +129,13 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   ASSERT_EQ(r.status, 200u) << r.body;
   EXPECT_EQ(json::parse(r.body)["choices"][0]["message"]["content"], "hi");
   EXPECT_FALSE(r.header("x-ratelimit-remaining-requests").empty()) << "every answer carries the rate limits";
+  auto count = [](const http::ClientResponse& resp, std::string_view name) {
+    return std::count_if(resp.headers.begin(), resp.headers.end(), [&](const auto& f) {
+      return f.first.size() == name.size() && strncasecmp(f.first.data(), name.data(), name.size()) == 0;
+    });
+  };
+  EXPECT_EQ(count(r, "x-ratelimit-remaining-requests"), 1) << "the upstream's own limits are not passed on";
+  EXPECT_NE(r.header("x-ratelimit-remaining-requests"), "upstream-7");
   EXPECT_FALSE(r.header("x-request-id").empty());
   {
     std::lock_guard lk(canned.mu);
@@ -139,6 +151,8 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
                        {{"Authorization", "Bearer " + a.project_key}, {"Content-Type", "application/json"}});
   ASSERT_EQ(st.status, 200u) << st.body;
   EXPECT_FALSE(st.header("x-ratelimit-remaining-tokens").empty()) << "a stream's head carries them too";
+  EXPECT_EQ(count(st, "x-ratelimit-remaining-requests"), 1);
+  EXPECT_NE(st.header("x-ratelimit-remaining-requests"), "upstream-7");
   EXPECT_EQ(st.header("content-type"), "text/event-stream");
   EXPECT_NE(st.body.find("\"prompt_tokens\":7"), std::string::npos) << st.body;
   EXPECT_NE(st.body.find("data: [DONE]"), std::string::npos) << st.body;

@@ -12,6 +12,7 @@
 #include "http/stream.h"
 #include "models/registry.h"
 #include "util/error.h"
+#include "util/find.h"
 #include "util/json_util.h"
 #include "util/log.h"
 #include "util/time.h"
@@ -60,7 +61,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   bool stream = false, client_wants_usage = false;
   int64_t t0_ms = now_ms();
   UsageRecord rec;
-  std::vector<std::pair<std::string, std::string>> rl_headers;  // x-ratelimit-* on every answer
+  std::string rl_fields;  // the x-ratelimit-* header lines, on every answer
   int64_t rl_reserved = 0;  // tokens taken from the buckets; settled by the real usage
 
   std::mutex mu;  // guards the fields below: the upstream strand, the io thread of a wake, the cancel
@@ -205,20 +206,28 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     status = h.status;
     content_type = std::move(h.content_type);
     headers = std::move(h.headers);
-    headers.reserve(headers.size() + 1 + rl_headers.size());
+    // The client's rate limits are the gateway's (rl_fields): an upstream's own (a hosted API
+    // behind an endpoint) are not passed on.
+    std::erase_if(headers, [](const auto& f) {
+      return f.first.size() > 12 && strncasecmp(f.first.data(), "x-ratelimit-", 12) == 0;
+    });
     headers.emplace_back("x-request-id", request_id);
-    // (rl_headers join them when the answer goes out: until then a failure's own answer, fail(),
-    // may still need them.)
     if (stream && status == 200) {
       head_sent = true;
       flush_soon();
     }
   }
 
-  // The x-ratelimit-* headers join the upstream's, moved: the answer is going out.
-  void take_rl_headers() {
-    headers.insert(headers.end(), std::make_move_iterator(rl_headers.begin()), std::make_move_iterator(rl_headers.end()));
-    rl_headers.clear();
+  // The answer's head: the upstream's status and fields, the request id and the rate limits.
+  // (Taken once, when the answer goes out: until then a failure's own answer, fail(), may still
+  // need rl_fields.)
+  http::Response take_head() {
+    http::Response r;
+    r.status = status;
+    r.content_type = std::move(content_type);  // (none: application/json, Response's default)
+    r.headers = std::move(headers);
+    r.fields = std::move(rl_fields);
+    return r;
   }
 
   void flush_soon() {
@@ -239,8 +248,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     to_client += more;
     if (!head_given) {
       head_given = true;
-      take_rl_headers();
-      out->head(200, content_type.empty() ? "text/event-stream" : content_type, std::move(headers), std::move(to_client), end);
+      if (content_type.empty()) content_type = "text/event-stream";
+      out->head(take_head(), std::move(to_client), end);
     } else if (!to_client.empty() || end) {
       out->write(std::move(to_client), end);
     }
@@ -252,19 +261,25 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       if (whole.size() < (64u << 20)) whole.append(d);
       return;
     }
-    // Forward whole SSE events; read usage from them; hold [DONE] back.
-    sse_buf.append(d);
-    std::string forward;
-    size_t pos;
-    while ((pos = sse_buf.find("\n\n")) != std::string::npos) {
-      std::string_view ev(sse_buf.data(), pos + 2);
+    // Forward whole SSE events; read usage from them; hold [DONE] back. The events are read
+    // where they lie, in the upstream's read buffer: a read normally brings whole events, so only
+    // those forwarded are copied (into to_client, in runs), and an incomplete tail is kept in
+    // sse_buf for the next read. (Copying each read into sse_buf, erasing each event from its
+    // front and searching every event's text for "usage" one quote at a time was a fifth of a
+    // short stream's instructions.)
+    std::string_view s = d;
+    if (!sse_buf.empty()) s = sse_buf.append(d);
+    const size_t before = to_client.size();
+    size_t at = 0, run = 0;  // events [run, at) are kept, not yet appended to to_client
+    for (size_t pos; (pos = s.find("\n\n", at)) != std::string_view::npos; at = pos + 2) {
+      std::string_view ev = s.substr(at, pos + 2 - at);
       bool keep = true;
-      if (ev.rfind("data: ", 0) == 0) {
+      if (ev.starts_with("data: ")) {
         std::string_view payload = ev.substr(6, ev.size() - 8);
         if (payload == "[DONE]") {
           held.append(ev);
           keep = false;
-        } else if (payload.find("\"usage\"") != std::string_view::npos) {
+        } else if (contains(payload, "\"usage\"")) {
           UsageSeen u;
           if (scan_usage(payload, u) && u.usage) {
             take_usage(u, rec);
@@ -273,13 +288,18 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
           }
         }
       }
-      if (keep) forward.append(ev);
-      sse_buf.erase(0, pos + 2);
+      if (!keep) {
+        to_client.append(s.substr(run, at - run));
+        run = pos + 2;
+      }
     }
-    if (!forward.empty()) {
-      to_client += forward;
-      flush_soon();
+    to_client.append(s.substr(run, at - run));
+    if (s.data() == sse_buf.data()) {
+      sse_buf.erase(0, at);
+    } else {
+      sse_buf.assign(s.substr(at));
     }
+    if (to_client.size() > before) flush_soon();
   }
 
   void on_done(const std::string& err, bool got_response) {
@@ -314,11 +334,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     // A whole (non-streamed, or error) response.
     if (UsageSeen u; status == 200 && is_json_type(content_type) && scan_answer_usage(whole, u)) take_usage(u, rec);
     finish_record(int(status), [self = shared_from_this()] {
-      http::Response r;
-      r.status = self->status;
-      r.content_type = std::move(self->content_type);  // (none: application/json, Response's default)
-      self->take_rl_headers();
-      r.headers = std::move(self->headers);
+      http::Response r = self->take_head();
       r.body = std::move(self->whole);
       self->out->reply(std::move(r));
     });
@@ -326,7 +342,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
 
   void fail(const ApiError& e, std::vector<std::pair<std::string, std::string>> extra = {}) {
     http::Response r = error_reply(e, request_id);
-    for (auto& h : rl_headers) r.headers.push_back(h);
+    r.fields = rl_fields;
     for (auto& h : extra) r.headers.push_back(h);
     finish_record(e.status, [self = shared_from_this(), r = std::move(r)]() mutable { self->out->reply(std::move(r)); });
   }
@@ -425,7 +441,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   }
 
   // Rate limits: one request and the tokens it may use (max_tokens + the prompt's bytes / 4).
-  std::vector<std::pair<std::string, std::string>> rl_headers;
+  std::string rl_fields;
   int64_t reserved = 0;
   if (limiter_) {
     int64_t max_out = ep == "embeddings" ? 0 : kDefaultMaxTokens;
@@ -438,7 +454,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
     // slightly high, and settled by the real usage when the request ends.
     int64_t prompt = int64_t(q.input == T::kString ? q.input_size : c.req.body().size()) / 4 + 1;
     auto d = limiter_->acquire(who.project_id, who.actor_id, model, max_out + prompt);
-    rl_headers = RateLimiter::headers(d.report);
+    rl_fields = RateLimiter::header_lines(d.report);
     if (!d.allowed) {
       bool req = d.exceeded == "requests";
       int64_t limit = req ? d.report.limit_requests : d.report.limit_tokens;
@@ -451,7 +467,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
                      ". Please try again in " + RateLimiter::format_duration(d.retry_after_ms) + ".",
                  "rate_limit_exceeded");
       http::Response res = error_reply(e, c.request_id);
-      res.headers.insert(res.headers.end(), rl_headers.begin(), rl_headers.end());
+      res.fields = std::move(rl_fields);
       res.headers.emplace_back("retry-after", std::to_string(std::max<int64_t>(1, (d.retry_after_ms + 999) / 1000)));
       return res;
     }
@@ -459,7 +475,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   }
 
   auto ex = std::make_shared<Exchange>(*this, this_lane());
-  ex->rl_headers = std::move(rl_headers);
+  ex->rl_fields = std::move(rl_fields);
   ex->rl_reserved = reserved;
   ex->endpoint = ep;
   ex->path = path;

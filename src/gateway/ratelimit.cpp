@@ -1,6 +1,7 @@
 #include "gateway/ratelimit.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 
@@ -240,34 +241,65 @@ void RateLimiter::settle(const std::string& project_id, const std::string& key_i
   }
 }
 
-std::string RateLimiter::format_duration(int64_t ms) {
-  if (ms < 0) ms = 0;
-  if (ms < 1000) return std::to_string(ms) + "ms";
-  int64_t s = ms / 1000, frac = ms % 1000;
-  int64_t h = s / 3600, m = (s % 3600) / 60, sec = s % 60;
-  std::string out;
-  if (h) out += std::to_string(h) + "h";
-  if (h || m) out += std::to_string(m) + "m";
-  out += std::to_string(sec);
-  if (frac) {
-    std::string f = std::to_string(frac);
-    f = std::string(3 - f.size(), '0') + f;
-    while (!f.empty() && f.back() == '0') f.pop_back();
-    out += "." + f;
-  }
-  return out + "s";
+namespace {
+
+void append_int(std::string& out, int64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, end);
 }
 
-std::vector<std::pair<std::string, std::string>> RateLimiter::headers(const Report& r) {
-  // Built in place (an initializer list would make each pair twice: on every answer).
-  std::vector<std::pair<std::string, std::string>> h;
-  h.reserve(6);
-  h.emplace_back("x-ratelimit-limit-requests", std::to_string(r.limit_requests));
-  h.emplace_back("x-ratelimit-remaining-requests", std::to_string(r.remaining_requests));
-  h.emplace_back("x-ratelimit-reset-requests", format_duration(r.reset_requests_ms));
-  h.emplace_back("x-ratelimit-limit-tokens", std::to_string(r.limit_tokens));
-  h.emplace_back("x-ratelimit-remaining-tokens", std::to_string(r.remaining_tokens));
-  h.emplace_back("x-ratelimit-reset-tokens", format_duration(r.reset_tokens_ms));
+void append_duration(std::string& out, int64_t ms) {
+  if (ms < 0) ms = 0;
+  if (ms < 1000) {
+    append_int(out, ms);
+    out += "ms";
+    return;
+  }
+  int64_t s = ms / 1000, frac = ms % 1000;
+  int64_t h = s / 3600, m = (s % 3600) / 60, sec = s % 60;
+  if (h) {
+    append_int(out, h);
+    out += 'h';
+  }
+  if (h || m) {
+    append_int(out, m);
+    out += 'm';
+  }
+  append_int(out, sec);
+  if (frac) {  // milliseconds as a decimal fraction, without trailing zeros: 1.5s, 1.05s
+    char f[3] = {char('0' + frac / 100), char('0' + frac / 10 % 10), char('0' + frac % 10)};
+    size_t n = f[2] != '0' ? 3 : f[1] != '0' ? 2 : 1;
+    out += '.';
+    out.append(f, n);
+  }
+  out += 's';
+}
+
+}  // namespace
+
+std::string RateLimiter::format_duration(int64_t ms) {
+  std::string out;
+  append_duration(out, ms);
+  return out;
+}
+
+std::string RateLimiter::header_lines(const Report& r) {
+  std::string h;
+  h.reserve(200);
+  h += "x-ratelimit-limit-requests: ";
+  append_int(h, r.limit_requests);
+  h += "\r\nx-ratelimit-remaining-requests: ";
+  append_int(h, r.remaining_requests);
+  h += "\r\nx-ratelimit-reset-requests: ";
+  append_duration(h, r.reset_requests_ms);
+  h += "\r\nx-ratelimit-limit-tokens: ";
+  append_int(h, r.limit_tokens);
+  h += "\r\nx-ratelimit-remaining-tokens: ";
+  append_int(h, r.remaining_tokens);
+  h += "\r\nx-ratelimit-reset-tokens: ";
+  append_duration(h, r.reset_tokens_ms);
+  h += "\r\n";
   return h;
 }
 

@@ -92,8 +92,9 @@ class RateLimiter {
 
   // "1s", "6m0s", "120ms": the duration format of OpenAI's x-ratelimit-reset-* headers.
   static std::string format_duration(int64_t ms);
-  // The x-ratelimit-* headers of a report.
-  static std::vector<std::pair<std::string, std::string>> headers(const Report& r);
+  // The x-ratelimit-* headers of a report, as header lines ("Name: value\r\n" each: what
+  // http::Response::fields holds).
+  static std::string header_lines(const Report& r);
 
  private:
   struct Bucket {

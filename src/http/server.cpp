@@ -116,9 +116,12 @@ enum class Framing { kLength, kChunked };
 // Statuses whose responses carry no body (RFC 9110 §6.4.1).
 static bool bodiless(unsigned status) { return status < 200 || status == 204 || status == 304; }
 // Written into h (a session's reused buffer: its capacity stays from one response to the next).
-static void response_head(std::string& h, unsigned version, unsigned status, std::string_view content_type,
-                          const std::vector<std::pair<std::string, std::string>>& fields, bool close,
-                          Framing framing, uint64_t content_length) {
+// r's status, content type and fields; its body is not looked at.
+static void response_head(std::string& h, unsigned version, const Response& r, bool close, Framing framing,
+                          uint64_t content_length) {
+  const unsigned status = r.status;
+  const auto& fields = r.headers;
+  std::string_view content_type = r.content_type;
   if (content_type.empty()) content_type = "application/json";  // (http::Response's default)
   h.clear();
   h.reserve(256);
@@ -141,6 +144,7 @@ static void response_head(std::string& h, unsigned version, unsigned status, std
     }
     h.append(name).append(": ").append(value).append("\r\n");
   }
+  h += r.fields;
   if (!content_type.empty() && field_value_ok(content_type)) h.append("Content-Type: ").append(content_type).append("\r\n");
   if (framing == Framing::kChunked) {
     h += "Transfer-Encoding: chunked\r\n";
@@ -317,7 +321,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     file_pos_ = r.file_offset;
     file_left_ = r.file_length;
-    response_head(writing_, version, r.status, r.content_type, r.headers, r.close, Framing::kLength, r.file_length);
+    response_head(writing_, version, r, r.close, Framing::kLength, r.file_length);
     out_close_ = r.close;
     stream_.expires_after(kWriteTimeout);
     asio::async_write(stream_, asio::buffer(writing_), [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -442,7 +446,11 @@ class Session : public std::enable_shared_from_this<Session> {
       ~Pumping() { b = false; }
     } pumping(pumping_);
     auto p = out_->pull();
-    pending_ += p.data;
+    if (pending_.empty()) {
+      pending_.swap(p.data);
+    } else {
+      pending_ += p.data;
+    }
     if (p.head) {
       if (!p.streaming) {  // the whole response at once
         auto s = std::move(out_);
@@ -459,8 +467,7 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string& buf = writing_;  // free: no write is in flight (out_writing_)
     buf.clear();
     if (!out_head_sent_) {
-      response_head(buf, out_version_, out_head_->status, out_head_->content_type, out_head_->headers, out_close_,
-                    Framing::kChunked, 0);
+      response_head(buf, out_version_, *out_head_, out_close_, Framing::kChunked, 0);
       out_head_sent_ = true;
     }
     if (!pending_.empty()) {
@@ -510,7 +517,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void write(Response r, unsigned version) {
     if (!r.file_path.empty()) return write_file(std::move(r), version);
     bool close_after = r.close;
-    response_head(writing_, version, r.status, r.content_type, r.headers, close_after, Framing::kLength, r.body.size());
+    response_head(writing_, version, r, close_after, Framing::kLength, r.body.size());
     body_ = bodiless(r.status) ? std::string() : std::move(r.body);
     bufs_ = {asio::buffer(writing_), asio::buffer(body_)};
     write_now(stream_, bufs_, kWriteTimeout, [self = shared_from_this(), close_after](beast::error_code ec) {

@@ -36,25 +36,29 @@ class ResponseStream {
     }
     if (n) (*n)(true);
   }
-  // A stream's head, optionally with its first data and its end (a producer that has it all
-  // at once then costs the session one notification).
-  void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {},
-            std::string first = {}, bool last = false) {
+  // A stream's head (h's status, content type and fields; its body unused), optionally with its
+  // first data and its end (a producer that has it all at once then costs the session one
+  // notification).
+  void head(Response h, std::string first = {}, bool last = false) {
     Notify n;
     {
       std::lock_guard lk(mu_);
       if (headed_ || cancelled_) return;
       headed_ = true;
-      head_.emplace();
-      head_->status = status;
-      head_->content_type = std::move(content_type);
-      head_->headers = std::move(headers);
+      head_ = std::move(h);
       streaming_ = true;
       if (!first.empty()) queued_.push_back(std::move(first));
       ended_ = last;
       n = take_notify(last);
     }
     if (n) (*n)(last);
+  }
+  void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {}) {
+    Response h;
+    h.status = status;
+    h.content_type = std::move(content_type);
+    h.headers = std::move(headers);
+    head(std::move(h));
   }
   // A piece of the stream (an empty one adds nothing: it would end the chunked body), and its
   // end if `last`.
@@ -133,7 +137,11 @@ class ResponseStream {
       head_.reset();
     }
     p.streaming = streaming_;
-    for (auto& c : queued_) p.data += c;
+    if (queued_.size() == 1) {
+      p.data = std::move(queued_.front());  // (the common case: one piece, moved, not copied)
+    } else {
+      for (auto& c : queued_) p.data += c;
+    }
     queued_.clear();
     p.end = ended_;
     return p;

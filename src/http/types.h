@@ -22,6 +22,11 @@ struct Response {
   // Response made, several per request.)
   std::string content_type;
   std::vector<std::pair<std::string, std::string>> headers;
+  // Header lines written out as they are, after `headers`: "Name: value\r\n" each. Unchecked,
+  // and not replaced by a later field of the same name: only for fields that aicloud's own code
+  // formats from values it made (the gateway's x-ratelimit-*), where building a checked pair of
+  // heap strings per field cost more than the rest of the head.
+  std::string fields;
   bool close = false;  // close the connection after this response
   // Set: the response comes later from this stream (http/stream.h); the fields above are unused.
   std::shared_ptr<ResponseStream> stream;
