@@ -56,7 +56,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   Gateway& gw;
   Lane& lane;  // the io thread (and its upstream pool) this request runs on
   std::shared_ptr<http::ResponseStream> out = std::make_shared<http::ResponseStream>();
-  std::string endpoint, path, model, org, request_id;
+  // (The request's model, organization and id are rec's: rec.model, rec.org_id, rec.request_id.)
+  std::string endpoint, path;
   std::string body;  // sent upstream
   bool stream = false, client_wants_usage = false;
   int64_t t0_ms = now_ms();
@@ -102,11 +103,11 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   void attempt() {
     std::unique_lock lk(mu);
     if (cancelled || done) return;
-    pick = gw.dir_.pick(model, org, tried);
+    pick = gw.dir_.pick(rec.model, rec.org_id, tried);
     if (!pick) {
       if (attempts > 0) {
         lk.unlock();
-        return fail(ApiError(502, "server_error", "No replica of model '" + model + "' could be reached; try again.",
+        return fail(ApiError(502, "server_error", "No replica of model '" + rec.model + "' could be reached; try again.",
                              "upstream_unavailable"));
       }
       if (waiting) return;
@@ -122,16 +123,17 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     req.headers.reserve(3);
     req.headers.emplace_back("Content-Type", "application/json");
     if (!pick->replica.api_key.empty()) req.headers.emplace_back("Authorization", "Bearer " + pick->replica.api_key);
-    req.headers.emplace_back("x-request-id", request_id);
+    req.headers.emplace_back("x-request-id", rec.request_id);
     req.body = body;
     auto self = shared_from_this();
     http::UpstreamCallbacks cb;
     cb.on_head = [self](http::UpstreamHead& h) { self->on_head(h); };
     cb.on_data = [self](std::string_view d) { self->on_data(d); };
     cb.on_done = [self](const std::string& err, bool got) { self->on_done(err, got); };
-    Replica r = pick->replica;
+    std::string host = pick->replica.host;  // (pick may change once mu is let go)
+    uint16_t port = pick->replica.port;
     lk.unlock();
-    auto c = lane.pool->send(r.host, r.port, std::move(req), std::move(cb), gw.opts_.upstream);
+    auto c = lane.pool->send(host, port, std::move(req), std::move(cb), gw.opts_.upstream);
     lk.lock();
     call = c;
     if (cancelled) c->cancel();
@@ -141,7 +143,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   void wait_for_replica(std::unique_lock<std::mutex>& lk) {
     waiting = true;
     std::weak_ptr<Exchange> weak = shared_from_this();
-    waiter = gw.dir_.wait_ready(model, org, [weak, &io = *lane.io] {
+    waiter = gw.dir_.wait_ready(rec.model, rec.org_id, [weak, &io = *lane.io] {
       asio::post(io, [weak] {
         auto self = weak.lock();
         if (!self) return;
@@ -167,16 +169,16 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       }
       self->gw.dir_.cancel_waiter(self->waiter);
       ApiError e(503, "server_error",
-                 "Model '" + self->model + "' is starting (scaled to zero) and no replica was ready in time; retry shortly.",
+                 "Model '" + self->rec.model + "' is starting (scaled to zero) and no replica was ready in time; retry shortly.",
                  "model_starting");
       self->fail(e, {{"retry-after", "10"}});
     });
-    std::string m = model, o = org;
+    std::string m = rec.model, o = rec.org_id;
     lk.unlock();
     gw.dir_.wake(m, o);
     lk.lock();
     // A replica may have become ready between pick() and wait_ready(): try once more.
-    if (auto p = gw.dir_.pick(model, org, tried)) {
+    if (auto p = gw.dir_.pick(rec.model, rec.org_id, tried)) {
       ReplicaDirectory::release(*p);
       waiting = false;
       gw.dir_.cancel_waiter(waiter);
@@ -211,7 +213,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     std::erase_if(headers, [](const auto& f) {
       return f.first.size() > 12 && strncasecmp(f.first.data(), "x-ratelimit-", 12) == 0;
     });
-    headers.emplace_back("x-request-id", request_id);
+    headers.emplace_back("x-request-id", rec.request_id);
     if (stream && status == 200) {
       head_sent = true;
       flush_soon();
@@ -314,7 +316,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     }
     if (cancelled) return finish_record(499);
     if (!err.empty() && !got_response) {
-      spdlog::warn(R"({{"request_id":"{}","gateway":"replica failed before answering","error":"{}"}})", request_id, err);
+      spdlog::warn(R"({{"request_id":"{}","gateway":"replica failed before answering","error":"{}"}})", rec.request_id, err);
       return attempt();  // another replica, or 502 when none is left
     }
     if (!err.empty()) {  // the replica failed mid-response
@@ -341,7 +343,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   }
 
   void fail(const ApiError& e, std::vector<std::pair<std::string, std::string>> extra = {}) {
-    http::Response r = error_reply(e, request_id);
+    http::Response r = error_reply(e, rec.request_id);
     r.fields = rl_fields;
     for (auto& h : extra) r.headers.push_back(h);
     finish_record(e.status, [self = shared_from_this(), r = std::move(r)]() mutable { self->out->reply(std::move(r)); });
@@ -356,7 +358,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       rec.status = http_status;
     }
     // The tokens reserved up front, corrected by what the engine reported (none: all back).
-    if (gw.limiter_) gw.limiter_->settle(rec.project_id, rec.api_key_id, model, rl_reserved, rec.input_tokens + rec.output_tokens);
+    if (gw.limiter_) gw.limiter_->settle(rec.project_id, rec.api_key_id, rec.model, rl_reserved, rec.input_tokens + rec.output_tokens);
     rec.ts_ms = now_ms();
     rec.latency_ms = rec.ts_ms - t0_ms;
     auto self = shared_from_this();
@@ -367,7 +369,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       if (durable) return deliver();
       http::Response r = error_reply(
           ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"),
-          self->request_id);
+          self->rec.request_id);
       if (self->head_sent) {
         self->emit("data: " + r.body + "\n\n", true);
       } else {
@@ -479,9 +481,6 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   ex->rl_reserved = reserved;
   ex->endpoint = ep;
   ex->path = path;
-  ex->model = model;
-  ex->org = who.org_id;
-  ex->request_id = c.request_id;
   ex->stream = stream;
   if (stream) {
     ex->client_wants_usage = q.include_usage;
