@@ -35,6 +35,13 @@ class CannedUpstream : public http::Handler {
     // A hosted API's own limits: not the tenant's, which are the gateway's.
     r.headers.emplace_back("X-RateLimit-Remaining-Requests", "upstream-7");
     json in = json::parse(req.body(), nullptr, false);
+    if (in.is_object() && in.value("user", "") == "oversize") {  // more than the gateway relays
+      bool stream = in.value("stream", false);
+      r.content_type = stream ? "text/event-stream" : "application/json";
+      r.body = stream ? "data: {\"x\":\"" + std::string(9u << 20, 'x')  // an event that never ends
+                      : std::string(65u << 20, ' ');
+      return r;
+    }
     if (in.is_object() && in.value("stream", false)) {
       r.content_type = "text/event-stream";
       r.body =
@@ -201,6 +208,21 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   EXPECT_EQ(bad_so.status, 400u) << bad_so.body;
   EXPECT_EQ(json::parse(bad_so.body)["error"]["param"], "stream_options") << bad_so.body;
 
+  // An answer larger than the gateway holds whole, and a stream event that does not end: a 502,
+  // and an error event, never a cut answer passed on as complete or memory without bound.
+  json big = chat();
+  big["user"] = "oversize";
+  auto whole_big = pa.call("POST", "/v1/chat/completions", big);
+  EXPECT_EQ(whole_big.status, 502u) << whole_big.body.substr(0, 200);
+  EXPECT_NE(whole_big.body.find("larger than 64 MiB"), std::string::npos) << whole_big.body.substr(0, 200);
+  big["stream"] = true;
+  auto stream_big = pa.call("POST", "/v1/chat/completions", big);
+  EXPECT_EQ(stream_big.status, 200u);
+  EXPECT_LT(stream_big.body.size(), 4096u) << "the unfinished event is not relayed";
+  EXPECT_NE(stream_big.body.find("data: {\"error\""), std::string::npos) << stream_big.body;
+  EXPECT_NE(stream_big.body.find("larger than 8 MiB"), std::string::npos) << stream_big.body;
+  EXPECT_EQ(stream_big.body.find("[DONE]"), std::string::npos) << stream_big.body;
+
   // Listed for A; invisible to B.
   json models = pa.get("/v1/models");
   bool listed = false;
@@ -219,8 +241,9 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   int64_t day = int64_t(time(nullptr)) / 86400 * 86400;
   json u = tenant.get("/v1/organization/usage/completions?start_time=" + std::to_string(day) + "&limit=1");
   ASSERT_EQ(u["data"][0]["results"].size(), 1u) << u.dump();
-  // Seven answered requests (one whole, six streamed), each reported as 7 in and 3 out.
-  EXPECT_EQ(u["data"][0]["results"][0]["num_model_requests"], 7);
+  // Seven answered requests (one whole, six streamed), each reported as 7 in and 3 out, and the
+  // two refused as too large (each a record too, with no tokens).
+  EXPECT_EQ(u["data"][0]["results"][0]["num_model_requests"], 9);
   EXPECT_EQ(u["data"][0]["results"][0]["input_tokens"], 49);
   EXPECT_EQ(u["data"][0]["results"][0]["output_tokens"], 21);
 

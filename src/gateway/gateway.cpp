@@ -4,6 +4,7 @@
 
 #include <mutex>
 #include <set>
+#include <utility>
 
 #include "gateway/endpoints.h"
 #include "gateway/request_scan.h"
@@ -89,6 +90,11 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   // a short stream is then one write to the client, not three.
   std::string to_client;
   bool flush_posted = false, head_given = false;
+  // An answer larger than the gateway holds whole, or a stream event that does not end within
+  // kMaxEvent: the exchange fails (a 502, or an error event) rather than memory growing as fast
+  // as a replica sends or a cut answer passing as complete. Set by refuse().
+  static constexpr size_t kMaxWhole = 64u << 20, kMaxEvent = 8u << 20;
+  std::string too_large;
 
   Exchange(Gateway& g, Lane& l) : gw(g), lane(l) {}
 
@@ -259,8 +265,10 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   }
 
   void on_data(std::string_view d) {
+    if (!too_large.empty()) return;
     if (!head_sent) {
-      if (whole.size() < (64u << 20)) whole.append(d);
+      if (whole.size() + d.size() > kMaxWhole) return refuse("an answer larger than 64 MiB");
+      whole.append(d);
       return;
     }
     // Forward whole SSE events; read usage from them; hold [DONE] back. The events are read
@@ -302,6 +310,20 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       sse_buf.assign(s.substr(at));
     }
     if (to_client.size() > before) flush_soon();
+    if (sse_buf.size() > kMaxEvent) refuse("an event larger than 8 MiB");
+  }
+
+  // Ends the upstream call; on_done reports `why` as the replica's failure.
+  void refuse(std::string why) {
+    too_large = std::move(why);
+    whole = {};
+    sse_buf = {};
+    std::shared_ptr<http::UpstreamCall> c;
+    {
+      std::lock_guard lk(mu);
+      c = call;
+    }
+    if (c) c->cancel();
   }
 
   void on_done(const std::string& err, bool got_response) {
@@ -315,6 +337,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       }
     }
     if (cancelled) return finish_record(499);
+    if (!too_large.empty()) return on_done("it sent " + std::exchange(too_large, {}), true);  // (a failure after all)
     if (!err.empty() && !got_response) {
       spdlog::warn(R"({{"request_id":"{}","gateway":"replica failed before answering","error":"{}"}})", rec.request_id, err);
       return attempt();  // another replica, or 502 when none is left
