@@ -97,6 +97,9 @@ TEST(RateLimitFormat, ResetDurationsLookLikeOpenAis) {
   EXPECT_EQ(RateLimiter::format_duration(1000), "1s");
   EXPECT_EQ(RateLimiter::format_duration(1500), "1.5s");
   EXPECT_EQ(RateLimiter::format_duration(29'950), "29.95s");
+  EXPECT_EQ(RateLimiter::format_duration(1'050), "1.05s");
+  EXPECT_EQ(RateLimiter::format_duration(1'005), "1.005s");
+  EXPECT_EQ(RateLimiter::format_duration(60'100), "1m0.1s");
   EXPECT_EQ(RateLimiter::format_duration(360'000), "6m0s");
   EXPECT_EQ(RateLimiter::format_duration(3'661'000), "1h1m1s");
 }
