@@ -287,19 +287,18 @@ std::string RateLimiter::format_duration(int64_t ms) {
 std::string RateLimiter::header_lines(const Report& r) {
   std::string h;
   h.reserve(200);
-  h += "x-ratelimit-limit-requests: ";
-  append_int(h, r.limit_requests);
-  h += "\r\nx-ratelimit-remaining-requests: ";
-  append_int(h, r.remaining_requests);
-  h += "\r\nx-ratelimit-reset-requests: ";
-  append_duration(h, r.reset_requests_ms);
-  h += "\r\nx-ratelimit-limit-tokens: ";
-  append_int(h, r.limit_tokens);
-  h += "\r\nx-ratelimit-remaining-tokens: ";
-  append_int(h, r.remaining_tokens);
-  h += "\r\nx-ratelimit-reset-tokens: ";
-  append_duration(h, r.reset_tokens_ms);
-  h += "\r\n";
+  // The limit, what remains and when it is whole again, of one kind ("requests" or "tokens").
+  auto kind = [&h](std::string_view what, int64_t limit, int64_t remaining, int64_t reset_ms) {
+    h.append("x-ratelimit-limit-").append(what).append(": ");
+    append_int(h, limit);
+    h.append("\r\nx-ratelimit-remaining-").append(what).append(": ");
+    append_int(h, remaining);
+    h.append("\r\nx-ratelimit-reset-").append(what).append(": ");
+    append_duration(h, reset_ms);
+    h += "\r\n";
+  };
+  kind("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
+  kind("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
   return h;
 }
 
