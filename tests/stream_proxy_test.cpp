@@ -462,6 +462,54 @@ TEST_F(StreamProxy, AnUpstreamThatNeverAnswersTimesOutAtTheFirstByte) {
   EXPECT_EQ(pool->idle_connections(), 0u);
 }
 
+// An upstream that says keep-alive but ends its side of the connection right after its answer
+// (a FIN that arrives with the answer's bytes) and keeps the socket open, so that nothing more,
+// not even a reset, comes on it: the pool must not send the next request on that connection and
+// wait for an answer that will not come, but see the end and connect again (http/ready_read.h
+// tells a FIN that came with the bytes apart from an empty socket).
+TEST_F(StreamProxy, AnUpstreamThatEndsItsSideAfterItsAnswerIsNotWaitedOn) {
+  asio::io_context io;
+  asio::ip::tcp::acceptor acc(io, {asio::ip::make_address("127.0.0.1"), 0});
+  uint16_t port = acc.local_endpoint().port();
+  std::atomic<int> accepted{0};
+  std::atomic<bool> stop{false};
+  std::thread up([&] {
+    std::vector<std::unique_ptr<asio::ip::tcp::socket>> open;  // half-closed, held open till the end
+    for (int i = 0; i < 2; ++i) {
+      auto s = std::make_unique<asio::ip::tcp::socket>(io);
+      boost::system::error_code ec;
+      acc.accept(*s, ec);
+      if (ec) return;
+      ++accepted;
+      std::string req;
+      char buf[4096];
+      while (req.find("\r\n\r\n") == std::string::npos && !ec) req.append(buf, s->read_some(asio::buffer(buf), ec));
+      asio::write(*s, asio::buffer(std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")), ec);
+      s->shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+      open.push_back(std::move(s));
+    }
+    while (!stop) std::this_thread::sleep_for(10ms);
+  });
+  for (int round = 0; round < 2; ++round) {
+    Collected got;
+    UpstreamRequest req;
+    req.target = "/x";
+    UpstreamTimeouts t;
+    t.first_byte = std::chrono::seconds(20);
+    auto t0 = std::chrono::steady_clock::now();
+    pool->send("127.0.0.1", port, std::move(req), got.callbacks(), t);
+    bool finished = got.wait(std::chrono::seconds(15));
+    EXPECT_TRUE(finished) << "request " << round << " waited on a connection its upstream had ended";
+    if (!finished) break;
+    EXPECT_EQ(got.error, "") << "request " << round;
+    EXPECT_EQ(got.body, "ok");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "request " << round;
+  }
+  stop = true;
+  up.join();
+  EXPECT_EQ(accepted.load(), 2) << "the second request went on a new connection";
+}
+
 TEST_F(StreamProxy, UnreachableUpstreamIsA502BeforeAnyByte) {
   proxy.upstream_port = 1;  // nothing listens there
   Client c(proxy_srv->url());

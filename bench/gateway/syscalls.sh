@@ -46,7 +46,7 @@ PROXY_WORKERS=$(pgrep -d, -P "$PROXY_PID")
 SHARED=$([ "$NGINX_PID" = "$PROXY_PID" ] && echo 1 || echo 0)
 
 EVENTS=context-switches
-for s in sendmsg sendto writev recvmsg recvfrom epoll_wait epoll_ctl pwrite64 timerfd_settime futex getsockopt; do
+for s in sendmsg sendto writev recvmsg recvfrom recvmmsg epoll_wait epoll_ctl pwrite64 timerfd_settime futex getsockopt; do
   EVENTS+=",syscalls:sys_enter_$s"
 done
 # count PIDS URL [KEY]: prints "event per_request" lines.

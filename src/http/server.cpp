@@ -11,10 +11,12 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "http/fields.h"
 #include "http/io_types.h"
+#include "http/ready_read.h"
 #include "http/write_now.h"
 #include "http/stream.h"
 #include "util/log.h"
@@ -214,8 +216,9 @@ class Session : public std::enable_shared_from_this<Session> {
       return read_header();
     }
     // Wait for the first byte under the (long) idle timeout; the header then has a short one.
-    stream_.expires_after(srv_.opts.idle_timeout);
-    stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
+    // The wait is a read that is not tried first when the last one emptied the socket (an
+    // answer just went out: the next request is seldom there yet); see http/ready_read.h.
+    idle_wait(4096, [self = shared_from_this()](beast::error_code ec, size_t n) {
       if (ec) return self->close();
       self->buffer_.commit(n);
       self->busy_ = true;  // from a request's first byte to its response, stop() waits for it
@@ -267,6 +270,32 @@ class Session : public std::enable_shared_from_this<Session> {
       });
       return;
     }
+  }
+
+  // The read of a request's first bytes (http/ready_read.h) under the idle timeout: past it the
+  // socket's operations are cancelled and f gets beast::error::timeout, as from Beast's timed
+  // reads. (The rest of a request is read through stream_, under its header and body timeouts.)
+  template <class F>
+  void idle_wait(size_t room, F f) {
+    waiting_ = true;
+    idle_timer_.expires_after(srv_.opts.idle_timeout);
+    idle_timer_.async_wait([weak = weak_from_this(), gen = ++wait_gen_](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || gen != self->wait_gen_ || !self->waiting_) return;  // (stale: the wait ended)
+      self->timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);
+    });
+    async_read_ready(stream_.socket(), buffer_.prepare(room),
+                     [self = shared_from_this(), f = std::move(f)](beast::error_code ec, size_t n) mutable {
+                       self->waiting_ = false;
+                       ++self->wait_gen_;  // a timer handler already queued is stale
+                       self->idle_timer_.cancel();
+                       if (std::exchange(self->timed_out_, false) && ec == asio::error::operation_aborted) {
+                         ec = beast::error::timeout;
+                       }
+                       f(ec, n);
+                     });
   }
 
   void on_read_error(beast::error_code ec) {
@@ -538,6 +567,7 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     stream_.cancel();
     stream_.close();
+    idle_timer_.cancel();
   }
 
   TcpStream stream_;
@@ -550,6 +580,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string remote_;
   bool busy_ = false;
   bool header_timed_ = false;  // the read is under header_timeout (until the header is parsed)
+  // The wait for a request's first bytes (idle_wait) and its timeout.
+  asio::steady_timer idle_timer_{stream_.get_executor()};
+  uint64_t wait_gen_ = 0;  // numbers the waits, so that a late timer handler knows it is stale
+  bool waiting_ = false, timed_out_ = false;
 
   // A response being produced by a ResponseStream.
   std::shared_ptr<ResponseStream> out_;

@@ -9,9 +9,11 @@
 #include <stdexcept>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 
 #include "http/fields.h"
 #include "http/io_types.h"
+#include "http/ready_read.h"
 #include "http/write_now.h"
 
 namespace aicloud::http {
@@ -245,12 +247,33 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     read_more();
   }
 
-  // asio tries a read at once before it waits, which right after the request went out finds
-  // nothing: a system call per request. Waiting for readability instead (async_wait) was tried:
-  // asio arms every such wait with an epoll_ctl, so it traded one system call for another.
+  // The first read, right after the request went out, is one that is not tried first when the
+  // last read emptied the socket (the answer is seldom there yet; http/ready_read.h), under the
+  // first-byte timeout. The rest of the answer is read through the stream, under the idle one.
   void read_more() {
-    conn_->expires_after(got_response_ ? t_.idle : t_.first_byte);
+    if (!got_response_) return first_read();
+    conn_->expires_after(t_.idle);
     conn_->async_read_some(buf_.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      if (self->done_) return;
+      self->on_read(ec, n);
+    });
+  }
+
+  void first_read() {
+    waiting_ = true;
+    first_timer_.expires_after(t_.first_byte);
+    first_timer_.async_wait([weak = weak_from_this(), gen = ++wait_gen_](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || gen != self->wait_gen_ || !self->waiting_ || !self->conn_) return;  // (stale)
+      self->timed_out_ = true;
+      beast::error_code ignored;
+      self->conn_->socket().cancel(ignored);
+    });
+    async_read_ready(conn_->socket(), buf_.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->waiting_ = false;
+      ++self->wait_gen_;  // a timer handler already queued is stale
+      self->first_timer_.cancel();
+      if (std::exchange(self->timed_out_, false) && ec == asio::error::operation_aborted) ec = beast::error::timeout;
       if (self->done_) return;
       self->on_read(ec, n);
     });
@@ -308,6 +331,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   void finish(const std::string& err, bool got_response, bool reusable) {
     if (done_) return;
     done_ = true;
+    first_timer_.cancel();
     if (reusable && buf_.size() == 0) {
       conn_->expires_never();
       pool_->put(key_, std::move(conn_));
@@ -332,6 +356,9 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   UpstreamTimeouts t_;
   IoExecutor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
   std::unique_ptr<TcpStream> conn_;
+  asio::steady_timer first_timer_{ex_};  // first_read's timeout
+  uint64_t wait_gen_ = 0;                // numbers the first reads, so that a late timer handler knows it is stale
+  bool waiting_ = false, timed_out_ = false;
   std::unique_ptr<tcp::resolver> resolver_;
   beast::flat_buffer buf_;
   std::optional<AnswerParser> parser_;
