@@ -19,8 +19,8 @@
 // or send the next request, and that write fails), never to continue one that is incomplete.
 //
 // Built on asio's reactor interface (boost/asio/detail), which is internal: the project builds
-// against Debian 12's Boost 1.74, whose epoll reactor this was written for (the static_assert
-// below keeps it from building against another Boost).
+// against Debian 12's Boost 1.74, whose epoll reactor this was written for. Against another
+// Boost, async_read_ready is asio's own async_read_some (correct, with the empty reads).
 #pragma once
 #include <errno.h>
 #include <sys/socket.h>
@@ -38,7 +38,8 @@
 
 namespace aicloud::http {
 
-static_assert(BOOST_VERSION / 100 == 1074, "http/ready_read.h uses asio's internal reactor interface of Boost 1.74");
+#if BOOST_VERSION / 100 == 1074
+#define AICLOUD_READY_READ 1
 
 namespace ready_read_detail {
 
@@ -125,19 +126,24 @@ class RecvOp : public ad::reactor_op {
 };
 
 }  // namespace ready_read_detail
+#endif  // BOOST_VERSION 1.74
 
-// Reads some bytes into b (at least 2 bytes of room) on the socket's io thread; handler(ec, n) runs later from
-// the io_context, as for async_read_some: eof at end of stream, operation_aborted if the socket's
-// operations are cancelled or it is closed first. The socket must be non-blocking
+// Reads some bytes into b (at least 2 bytes of room) on the socket's io thread; handler(ec, n)
+// runs later from the io_context, as for async_read_some: eof at end of stream, operation_aborted
+// if the socket's operations are cancelled or it is closed first. The socket must be non-blocking
 // (socket.non_blocking(true)).
 template <class Handler>
 void async_read_ready(TcpSocket& s, boost::asio::mutable_buffer b, Handler&& handler) {
+#ifdef AICLOUD_READY_READ
   namespace rd = ready_read_detail;
   assert(b.size() >= 2);
   auto& impl = rd::SocketAccess::impl(s);
   auto* op = new rd::RecvOp<std::decay_t<Handler>>(impl.socket_, b, std::forward<Handler>(handler));
   rd::reactor_of(s).start_op(rd::ad::reactor::read_op, impl.socket_, impl.reactor_data_, op,
                              /*is_continuation=*/false, /*allow_speculative=*/true);
+#else
+  s.async_read_some(b, std::forward<Handler>(handler));
+#endif
 }
 
 }  // namespace aicloud::http
