@@ -25,6 +25,15 @@ using test::RawConn;
 using test::RawResponse;
 namespace asio = boost::asio;
 
+// A stream's head (ResponseStream::head takes a Response; its body is unused).
+Response stream_head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {}) {
+  Response h;
+  h.status = status;
+  h.content_type = std::move(content_type);
+  h.headers = std::move(headers);
+  return h;
+}
+
 // An upstream: /whole answers at once; /stream sends 5 pieces 50 ms apart from a thread;
 // /slow never answers until cancelled (it counts the cancellations it sees).
 class Upstream : public Handler {
@@ -56,13 +65,13 @@ class Upstream : public Handler {
     if (req.target() == "/quick") {  // a short stream that ends within 2 ms
       std::thread([s, delay = std::chrono::microseconds(std::hash<std::string>{}(req.body()) % 2000)] {
         std::this_thread::sleep_for(delay);
-        s->head(200, "text/event-stream", {});
+        s->head(stream_head(200, "text/event-stream"));
         s->write("data: 1\n\n");
         s->end();
       }).detach();
     } else if (req.target() == "/stream") {
       std::thread([s] {
-        s->head(200, "text/event-stream", {{"x-upstream", "yes"}});
+        s->head(stream_head(200, "text/event-stream", {{"x-upstream", "yes"}}));
         for (int i = 0; i < 5; ++i) {
           s->write("data: " + std::to_string(i) + "\n\n");
           std::this_thread::sleep_for(50ms);
@@ -102,7 +111,7 @@ class Proxy : public Handler {
       whole->status = h.status;
       whole->content_type = h.content_type;
       whole->headers = h.headers;
-      if (stream) s->head(h.status, h.content_type, h.headers);
+      if (stream) s->head(stream_head(h.status, h.content_type, h.headers));
     };
     cb.on_data = [s, whole, stream](std::string_view d) {
       if (stream) s->write(std::string(d));
@@ -212,6 +221,14 @@ class StreamProxy : public ::testing::Test {
   Proxy proxy;
   std::unique_ptr<Running> up_srv, proxy_srv;
   std::unique_ptr<UpstreamPool> pool;
+
+  // Asks the upstream on 127.0.0.1:port for /x through the pool; got collects the answer.
+  void send_x(uint16_t port, Collected& got, UpstreamTimeouts t = {}, std::string body = {}) {
+    UpstreamRequest req;
+    req.target = "/x";
+    req.body = std::move(body);
+    pool->send("127.0.0.1", port, std::move(req), got.callbacks(), t);
+  }
 };
 
 TEST_F(StreamProxy, WholeRepliesAreRelayedAndConnectionsReused) {
@@ -413,11 +430,8 @@ TEST_F(StreamProxy, ResponsesAreReadWhateverTheirFramingAndPacing) {
       else s.read_some(asio::buffer(buf), ec);  // held open until the pool lets go of it
     });
     Collected got;
-    UpstreamRequest req;
-    req.target = "/x";
-    req.body = "ping";
     size_t idle_before = pool->idle_connections();
-    pool->send("127.0.0.1", port, std::move(req), got.callbacks());
+    send_x(port, got, {}, "ping");
     ASSERT_TRUE(got.wait()) << c.name;
     EXPECT_EQ(got.error, "") << c.name;
     EXPECT_EQ(got.heads, 1) << c.name;
@@ -446,12 +460,10 @@ TEST_F(StreamProxy, AnUpstreamThatNeverAnswersTimesOutAtTheFirstByte) {
     while (!ec) s.read_some(asio::buffer(buf), ec);  // reads until the pool closes the connection
   });
   Collected got;
-  UpstreamRequest req;
-  req.target = "/x";
   UpstreamTimeouts t;
   t.first_byte = std::chrono::milliseconds(300);
   auto t0 = std::chrono::steady_clock::now();
-  pool->send("127.0.0.1", port, std::move(req), got.callbacks(), t);
+  send_x(port, got, t);
   ASSERT_TRUE(got.wait());
   auto took = std::chrono::steady_clock::now() - t0;
   EXPECT_NE(got.error.find("timeout"), std::string::npos) << got.error;
@@ -492,12 +504,10 @@ TEST_F(StreamProxy, AnUpstreamThatEndsItsSideAfterItsAnswerIsNotWaitedOn) {
   });
   for (int round = 0; round < 2; ++round) {
     Collected got;
-    UpstreamRequest req;
-    req.target = "/x";
     UpstreamTimeouts t;
     t.first_byte = std::chrono::seconds(20);
     auto t0 = std::chrono::steady_clock::now();
-    pool->send("127.0.0.1", port, std::move(req), got.callbacks(), t);
+    send_x(port, got, t);
     bool finished = got.wait(std::chrono::seconds(15));
     EXPECT_TRUE(finished) << "request " << round << " waited on a connection its upstream had ended";
     if (!finished) break;

@@ -326,7 +326,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     if (c) c->cancel();
   }
 
-  void on_done(const std::string& err, bool got_response) {
+  void on_done(std::string err, bool got_response) {
     {
       std::lock_guard lk(mu);
       if (pick) ReplicaDirectory::release(*pick);
@@ -337,7 +337,10 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       }
     }
     if (cancelled) return finish_record(499);
-    if (!too_large.empty()) return on_done("it sent " + std::exchange(too_large, {}), true);  // (a failure after all)
+    if (!too_large.empty()) {  // refused by on_data: a failure mid-response, however the call ended
+      err = "it sent " + too_large;
+      got_response = true;
+    }
     if (!err.empty() && !got_response) {
       spdlog::warn(R"({{"request_id":"{}","gateway":"replica failed before answering","error":"{}"}})", rec.request_id, err);
       return attempt();  // another replica, or 502 when none is left

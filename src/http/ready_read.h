@@ -29,9 +29,13 @@
 #include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/detail/reactor_op.hpp>
 #include <boost/asio/error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/error.hpp>
 #include <boost/version.hpp>
 
 #include <cassert>
+#include <chrono>
+#include <memory>
 #include <utility>
 
 #include "http/io_types.h"
@@ -145,5 +149,42 @@ void async_read_ready(TcpSocket& s, boost::asio::mutable_buffer b, Handler&& han
   s.async_read_some(b, std::forward<Handler>(handler));
 #endif
 }
+
+
+// The deadline of one read made with async_read_ready, which has none of its own (unlike Beast's
+// timed stream): past it, the socket's operations are cancelled, and done() reports the read's
+// operation_aborted as beast::error::timeout, as Beast's timed reads do.
+class ReadDeadline {
+ public:
+  explicit ReadDeadline(const IoExecutor& ex) : timer_(ex) {}
+
+  // Before the read. The timer holds `owner` (which owns `socket`) weakly: it keeps nothing alive.
+  void arm(std::chrono::steady_clock::duration d, std::weak_ptr<const void> owner, TcpSocket& socket) {
+    waiting_ = true;
+    timer_.expires_after(d);
+    timer_.async_wait([this, owner = std::move(owner), &socket, gen = ++gen_](boost::system::error_code ec) {
+      if (ec) return;  // cancelled (the read ended, or the owner and this with it)
+      auto alive = owner.lock();
+      if (!alive || gen != gen_ || !waiting_) return;  // (stale: a read that has ended)
+      timed_out_ = true;
+      boost::system::error_code ignored;
+      socket.cancel(ignored);
+    });
+  }
+  // When the read completes, with its error: beast::error::timeout if the deadline ended it.
+  boost::system::error_code done(boost::system::error_code ec) {
+    waiting_ = false;
+    ++gen_;  // a timer handler already queued is stale
+    timer_.cancel();
+    bool timed_out = std::exchange(timed_out_, false);
+    return timed_out && ec == boost::asio::error::operation_aborted ? boost::beast::error::timeout : ec;
+  }
+  void cancel() { timer_.cancel(); }
+
+ private:
+  boost::asio::steady_timer timer_;
+  uint64_t gen_ = 0;  // numbers the reads, so that a late timer handler knows it is stale
+  bool waiting_ = false, timed_out_ = false;
+};
 
 }  // namespace aicloud::http

@@ -277,24 +277,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // reads. (The rest of a request is read through stream_, under its header and body timeouts.)
   template <class F>
   void idle_wait(size_t room, F f) {
-    waiting_ = true;
-    idle_timer_.expires_after(srv_.opts.idle_timeout);
-    idle_timer_.async_wait([weak = weak_from_this(), gen = ++wait_gen_](beast::error_code ec) {
-      auto self = weak.lock();
-      if (ec || !self || gen != self->wait_gen_ || !self->waiting_) return;  // (stale: the wait ended)
-      self->timed_out_ = true;
-      beast::error_code ignored;
-      self->stream_.socket().cancel(ignored);
-    });
+    idle_deadline_.arm(srv_.opts.idle_timeout, weak_from_this(), stream_.socket());
     async_read_ready(stream_.socket(), buffer_.prepare(room),
                      [self = shared_from_this(), f = std::move(f)](beast::error_code ec, size_t n) mutable {
-                       self->waiting_ = false;
-                       ++self->wait_gen_;  // a timer handler already queued is stale
-                       self->idle_timer_.cancel();
-                       if (std::exchange(self->timed_out_, false) && ec == asio::error::operation_aborted) {
-                         ec = beast::error::timeout;
-                       }
-                       f(ec, n);
+                       f(self->idle_deadline_.done(ec), n);
                      });
   }
 
@@ -567,7 +553,7 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     stream_.cancel();
     stream_.close();
-    idle_timer_.cancel();
+    idle_deadline_.cancel();
   }
 
   TcpStream stream_;
@@ -580,10 +566,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string remote_;
   bool busy_ = false;
   bool header_timed_ = false;  // the read is under header_timeout (until the header is parsed)
-  // The wait for a request's first bytes (idle_wait) and its timeout.
-  asio::steady_timer idle_timer_{stream_.get_executor()};
-  uint64_t wait_gen_ = 0;  // numbers the waits, so that a late timer handler knows it is stale
-  bool waiting_ = false, timed_out_ = false;
+  ReadDeadline idle_deadline_{stream_.get_executor()};  // the idle timeout of idle_wait
 
   // A response being produced by a ResponseStream.
   std::shared_ptr<ResponseStream> out_;

@@ -53,13 +53,6 @@ class ResponseStream {
     }
     if (n) (*n)(last);
   }
-  void head(unsigned status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers = {}) {
-    Response h;
-    h.status = status;
-    h.content_type = std::move(content_type);
-    h.headers = std::move(headers);
-    head(std::move(h));
-  }
   // A piece of the stream (an empty one adds nothing: it would end the chunked body), and its
   // end if `last`.
   void write(std::string chunk, bool last = false) {

@@ -260,20 +260,9 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   }
 
   void first_read() {
-    waiting_ = true;
-    first_timer_.expires_after(t_.first_byte);
-    first_timer_.async_wait([weak = weak_from_this(), gen = ++wait_gen_](beast::error_code ec) {
-      auto self = weak.lock();
-      if (ec || !self || gen != self->wait_gen_ || !self->waiting_ || !self->conn_) return;  // (stale)
-      self->timed_out_ = true;
-      beast::error_code ignored;
-      self->conn_->socket().cancel(ignored);
-    });
+    first_deadline_.arm(t_.first_byte, weak_from_this(), conn_->socket());
     async_read_ready(conn_->socket(), buf_.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
-      self->waiting_ = false;
-      ++self->wait_gen_;  // a timer handler already queued is stale
-      self->first_timer_.cancel();
-      if (std::exchange(self->timed_out_, false) && ec == asio::error::operation_aborted) ec = beast::error::timeout;
+      ec = self->first_deadline_.done(ec);
       if (self->done_) return;
       self->on_read(ec, n);
     });
@@ -331,7 +320,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   void finish(const std::string& err, bool got_response, bool reusable) {
     if (done_) return;
     done_ = true;
-    first_timer_.cancel();
+    first_deadline_.cancel();
     if (reusable && buf_.size() == 0) {
       conn_->expires_never();
       pool_->put(key_, std::move(conn_));
@@ -356,9 +345,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   UpstreamTimeouts t_;
   IoExecutor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
   std::unique_ptr<TcpStream> conn_;
-  asio::steady_timer first_timer_{ex_};  // first_read's timeout
-  uint64_t wait_gen_ = 0;                // numbers the first reads, so that a late timer handler knows it is stale
-  bool waiting_ = false, timed_out_ = false;
+  ReadDeadline first_deadline_{ex_};  // the first-byte timeout of first_read
   std::unique_ptr<tcp::resolver> resolver_;
   beast::flat_buffer buf_;
   std::optional<AnswerParser> parser_;
