@@ -82,6 +82,23 @@ TEST(Router, LiteralsPlaceholdersAndParams) {
   EXPECT_EQ(r.match("get", "/v1/items").route, -1);  // methods are case-sensitive
 }
 
+TEST(Router, LongPathsMatchWhatTheyShouldAndNothingElse) {
+  // Paths are split without allocating, into at most 16 segments: a route may have 16, and a
+  // request path with more matches nothing (it cannot be any route's).
+  Router r;
+  std::string sixteen, longer;
+  for (int i = 0; i < 16; ++i) sixteen += "/s" + std::to_string(i);
+  int deep = r.add("GET", sixteen.substr(0, sixteen.rfind('/')) + "/{last}");
+  auto m = r.match("GET", sixteen);
+  EXPECT_EQ(m.route, deep);
+  EXPECT_EQ(m.param("last"), "s15");
+  EXPECT_EQ(r.match("GET", sixteen + "/x").route, -1);
+  for (int i = 0; i < 200; ++i) longer += "/a";
+  EXPECT_EQ(r.match("GET", longer).route, -1);
+  EXPECT_FALSE(r.match("GET", longer).path_known);
+  EXPECT_THROW(r.add("GET", sixteen + "/x"), std::invalid_argument);
+}
+
 TEST(Router, WrongMethodIs405WithAllow) {
   Router r;
   r.add("GET", "/v1/items");

@@ -113,7 +113,9 @@ http::Response App::handle(http::Request& req, const std::string& remote_addr) {
     }
   }
 
-  res.headers.emplace_back("x-request-id", request_id);
+  // (A response that comes later from a stream is written from the stream's own head, which
+  // carries the id: the gateway's does.)
+  if (!res.stream) res.headers.emplace_back("x-request-id", request_id);
   int64_t latency = now_us_monotonic() - t0;
   metrics_->record(route, res.status, latency);
   if (spdlog::should_log(spdlog::level::info)) {

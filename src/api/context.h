@@ -27,14 +27,14 @@ enum class Access {
 };
 
 struct Context {
-  Context(App& a, http::Request& r, const http::Target& t, const http::RouteMatch& m, std::string id)
-      : app(a), req(r), target(t), match(m), request_id(std::move(id)) {}
+  Context(App& a, http::Request& r, const http::Target& t, const http::RouteMatch& m, const std::string& id)
+      : app(a), req(r), target(t), match(m), request_id(id) {}
 
   App& app;
   http::Request& req;
   const http::Target& target;
   const http::RouteMatch& match;
-  std::string request_id;
+  const std::string& request_id;  // the App's, for the whole request
   std::optional<Principal> principal;
   Tx* tx = nullptr;   // write transaction for mutations, read transaction otherwise
   json body;          // parsed JSON body (mutations)

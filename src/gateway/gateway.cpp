@@ -58,7 +58,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   Lane& lane;  // the io thread (and its upstream pool) this request runs on
   std::shared_ptr<http::ResponseStream> out = std::make_shared<http::ResponseStream>();
   // (The request's model, organization and id are rec's: rec.model, rec.org_id, rec.request_id.)
-  std::string endpoint, path;
+  const char* path = nullptr;  // upstream (a literal: the route's)
   std::string body;  // sent upstream
   bool stream = false, client_wants_usage = false;
   int64_t t0_ms = now_ms();
@@ -84,12 +84,12 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   std::string sse_buf;  // a streamed body's incomplete event
   std::string held;     // "data: [DONE]", held back until the usage record is durable
   bool head_sent = false;  // the answer is a stream (a 200 with its events forwarded)
-  // What one upstream read brought is handed to the client once that read is through (a posted
-  // flush), so the head and the events of a read go out in one write. When the same read also
-  // ended the response, they wait for the end, which goes out once the usage record is durable:
-  // a short stream is then one write to the client, not three.
+  // What one upstream read brought is handed to the client once that read is through (the
+  // pool's on_read_end), so the head and the events of a read go out in one write. When the same
+  // read also ended the response, they wait for the end, which goes out once the usage record is
+  // durable: a short stream is then one write to the client, not three.
   std::string to_client;
-  bool flush_posted = false, head_given = false;
+  bool flush_due = false, head_given = false;
   // An answer larger than the gateway holds whole, or a stream event that does not end within
   // kMaxEvent: the exchange fails (a 502, or an error event) rather than memory growing as fast
   // as a replica sends or a cut answer passing as complete. Set by refuse().
@@ -135,6 +135,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     http::UpstreamCallbacks cb;
     cb.on_head = [self](http::UpstreamHead& h) { self->on_head(h); };
     cb.on_data = [self](std::string_view d) { self->on_data(d); };
+    cb.on_read_end = [self] { self->on_read_end(); };
     cb.on_done = [self](const std::string& err, bool got) { self->on_done(err, got); };
     std::string host = pick->replica.host;  // (pick may change once mu is let go)
     uint16_t port = pick->replica.port;
@@ -222,7 +223,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     headers.emplace_back("x-request-id", rec.request_id);
     if (stream && status == 200) {
       head_sent = true;
-      flush_soon();
+      flush_due = true;
     }
   }
 
@@ -238,13 +239,11 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     return r;
   }
 
-  void flush_soon() {
-    if (flush_posted) return;
-    flush_posted = true;
-    asio::post(*lane.io, [self = shared_from_this()] {
-      self->flush_posted = false;
-      self->emit({}, false, true);
-    });
+  // The pool's on_read_end: the stream goes on, and what this read brought goes out now.
+  void on_read_end() {
+    if (!flush_due) return;
+    flush_due = false;
+    emit({}, false, true);
   }
 
   // Gives the client's stream its head (the first time), what waits in to_client and `more`,
@@ -309,7 +308,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     } else {
       sse_buf.assign(s.substr(at));
     }
-    if (to_client.size() > before) flush_soon();
+    if (to_client.size() > before) flush_due = true;
     if (sse_buf.size() > kMaxEvent) refuse("an event larger than 8 MiB");
   }
 
@@ -388,14 +387,16 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     rec.ts_ms = now_ms();
     rec.latency_ms = rec.ts_ms - t0_ms;
     auto self = shared_from_this();
-    // Journaled with whatever else this io thread finishes in the same turn (MeterBatch). rec is
-    // not read again; its status (an int) stays set, so a second finish_record still returns.
-    lane.meter->add(std::move(rec), [self, deliver = std::move(deliver)](bool durable) {
+    // Journaled on this io thread (metering/meter.h). rec is not read again (its request id goes
+    // with the callback, for the answer when the journal could not take it); its status (an int)
+    // stays set, so a second finish_record still returns.
+    std::string request_id = rec.request_id;
+    gw.meter_.record(std::move(rec), [self, deliver = std::move(deliver), request_id = std::move(request_id)](bool durable) {
       if (!deliver) return;
       if (durable) return deliver();
       http::Response r = error_reply(
           ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"),
-          self->rec.request_id);
+          request_id);
       if (self->head_sent) {
         self->emit("data: " + r.body + "\n\n", true);
       } else {
@@ -406,12 +407,9 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
 };
 
 Gateway::Gateway(std::vector<asio::io_context*> ios, Meter& meter, ReplicaDirectory& dir, GatewayOptions opts)
-    : dir_(dir), opts_(opts) {
+    : meter_(meter), dir_(dir), opts_(opts) {
   if (ios.empty()) throw std::invalid_argument("Gateway: no io_context");
-  for (auto* io : ios) {
-    auto post = [io](std::function<void()> f) { asio::post(*io, std::move(f)); };
-    lanes_.push_back(Lane{io, std::make_unique<http::UpstreamPool>(*io), std::make_unique<MeterBatch>(meter, post)});
-  }
+  for (auto* io : ios) lanes_.push_back(Lane{io, std::make_unique<http::UpstreamPool>(*io)});
 }
 
 Gateway::Lane& Gateway::this_lane() {
@@ -429,7 +427,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   if (ct == c.req.end() || !is_json_type(ct->value())) {
     throw ApiError(415, "invalid_request_error", "Send the request body as application/json.", "unsupported_media_type");
   }
-  std::string ep = endpoint;
+  const std::string_view ep = endpoint;
   const char* required = ep == "chat.completions" ? "messages" : ep == "completions" ? "prompt" : "input";
   using T = RequestSeen::Type;
   RequestSeen q;
@@ -505,7 +503,6 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   auto ex = std::make_shared<Exchange>(*this, this_lane());
   ex->rl_fields = std::move(rl_fields);
   ex->rl_reserved = reserved;
-  ex->endpoint = ep;
   ex->path = path;
   ex->stream = stream;
   if (stream) {

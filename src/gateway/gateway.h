@@ -51,11 +51,11 @@ class Gateway {
   struct Lane {  // one per io thread
     boost::asio::io_context* io;
     std::unique_ptr<http::UpstreamPool> pool;
-    std::unique_ptr<MeterBatch> meter;  // this thread's usage records, one write per loop turn
   };
   Lane& this_lane();  // the calling thread's, else the first
 
   std::vector<Lane> lanes_;
+  Meter& meter_;
   ReplicaDirectory& dir_;
   GatewayOptions opts_;
   std::unique_ptr<RateLimiter> limiter_;  // made by add_routes from the App's store

@@ -1,28 +1,41 @@
 #include "http/router.h"
 
 #include <algorithm>
-#include <iterator>
+#include <array>
+#include <stdexcept>
 
 namespace aicloud::http {
 
-static std::vector<std::string_view> split_path(std::string_view p) {
-  std::vector<std::string_view> out;
-  size_t i = 0;
-  while (i < p.size()) {
-    if (p[i] == '/') { ++i; continue; }
-    size_t j = p.find('/', i);
-    if (j == std::string_view::npos) j = p.size();
-    out.push_back(p.substr(i, j - i));
-    i = j;
+// A path's segments, split without allocating: a request's path is split for every request. A
+// path with more segments than kMax is counted (so that it matches no route) but not kept.
+struct Segments {
+  static constexpr size_t kMax = 16;
+  std::array<std::string_view, kMax> seg;
+  size_t n = 0;
+  explicit Segments(std::string_view p) {
+    size_t i = 0;
+    while (i < p.size()) {
+      if (p[i] == '/') { ++i; continue; }
+      size_t j = p.find('/', i);
+      if (j == std::string_view::npos) j = p.size();
+      if (n < kMax) seg[n] = p.substr(i, j - i);
+      ++n;
+      i = j;
+    }
   }
-  return out;
-}
+  size_t size() const { return n; }
+  bool kept() const { return n <= kMax; }
+  std::string_view operator[](size_t k) const { return seg[k]; }
+  std::string_view back() const { return seg[n - 1]; }
+};
 
 static bool is_placeholder(const std::string& s) { return s.size() > 1 && s.front() == '{'; }
 
 int Router::add(std::string method, std::string pattern) {
   Route r{std::move(method), std::move(pattern), {}};
-  for (auto s : split_path(r.pattern)) r.segments.emplace_back(s);
+  Segments segs(r.pattern);
+  if (!segs.kept()) throw std::invalid_argument("route pattern with more than 16 segments: " + r.pattern);
+  for (size_t k = 0; k < segs.size(); ++k) r.segments.emplace_back(segs[k]);
   int index = int(routes_.size());
   size_t n = r.segments.size();
   if (by_count_.size() <= n) by_count_.resize(n + 1);
@@ -46,25 +59,33 @@ static bool more_specific(const std::vector<std::string>& a, const std::vector<s
   return false;
 }
 
+// Whether `method` is already in the comma-separated list `allow` ("GET, POST").
+static bool allows(std::string_view allow, std::string_view method) {
+  while (!allow.empty()) {
+    size_t comma = allow.find(", ");
+    if (allow.substr(0, comma) == method) return true;
+    if (comma == std::string_view::npos) break;
+    allow.remove_prefix(comma + 2);
+  }
+  return false;
+}
+
 RouteMatch Router::match(std::string_view method, std::string_view path) const {
   RouteMatch m;
-  auto segs = split_path(path);
-  if (segs.size() >= by_count_.size()) return m;
+  Segments segs(path);
+  if (segs.size() >= by_count_.size() || !segs.kept()) return m;
   const Bucket& bucket = by_count_[segs.size()];
   static const std::vector<int> kNone;
   const std::vector<int>* literal = &kNone;
-  if (!segs.empty()) {
+  if (segs.size() > 0) {
     auto it = bucket.by_last.find(segs.back());
     if (it != bucket.by_last.end()) literal = &it->second;
   }
-  // The candidates in the order they were added (which breaks ties and orders Allow).
-  std::vector<int> candidates;
-  candidates.reserve(literal->size() + bucket.any_last.size());
-  std::merge(literal->begin(), literal->end(), bucket.any_last.begin(), bucket.any_last.end(),
-             std::back_inserter(candidates));
-  std::vector<std::string_view> allowed;
-  for (int ci : candidates) {
-    size_t i = size_t(ci);
+  // The candidates in the order they were added (which breaks ties and orders Allow): the two
+  // ascending lists, merged as they are walked.
+  auto a = literal->begin(), b = bucket.any_last.begin();
+  while (a != literal->end() || b != bucket.any_last.end()) {
+    size_t i = size_t(b == bucket.any_last.end() || (a != literal->end() && *a < *b) ? *a++ : *b++);
     const Route& r = routes_[i];
     bool ok = true;
     for (size_t k = 0; k < segs.size() && ok; ++k) {
@@ -73,8 +94,7 @@ RouteMatch Router::match(std::string_view method, std::string_view path) const {
     }
     if (!ok) continue;
     m.path_known = true;
-    if (std::find(allowed.begin(), allowed.end(), r.method) == allowed.end()) {
-      allowed.push_back(r.method);
+    if (!allows(m.allow, r.method)) {
       if (!m.allow.empty()) m.allow += ", ";
       m.allow += r.method;
     }

@@ -297,7 +297,11 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       buf_.consume(used);
       if (done_) return;
       if (parser_->is_done()) return finish("", true, parser_->keep_alive());
-      if (ec == bhttp::error::need_more) return read_more();
+      if (ec == bhttp::error::need_more) {
+        if (cb_.on_read_end) cb_.on_read_end();  // (it may cancel)
+        if (done_) return;
+        return read_more();
+      }
       if (ec) return finish("reading from " + key_ + ": " + ec.message(), got_response_, false);
     }
   }

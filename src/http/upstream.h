@@ -41,6 +41,10 @@ struct UpstreamHead {
 struct UpstreamCallbacks {
   std::function<void(UpstreamHead&)> on_head;  // the head is the callee's to keep (move from it)
   std::function<void(std::string_view)> on_data;  // body bytes, as they arrive (chunking removed)
+  // Optional: called when what one read brought has been handed to on_head and on_data and the
+  // response goes on (more is to be read), so that a relay can pass a read's pieces on together,
+  // with no turn of the event loop in between (on_done comes instead when the read ended it).
+  std::function<void()> on_read_end;
   // Called exactly once. error empty = the response completed. got_response = some byte of the
   // response arrived: false means the request may be retried on another upstream (refused,
   // reset or timed out before answering).

@@ -159,61 +159,44 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
   return s;
 }
 
-void Meter::record(const UsageRecord& r, std::function<void(bool)> on_durable) {
-  std::vector<Pending> one;  // not thread_local: an on_durable that records again would reuse it
-  one.push_back({r, std::move(on_durable)});
-  record_batch(one);
-}
-
-void Meter::record_batch(std::vector<Pending>& batch) {
-  if (batch.empty()) return;
-  thread_local std::string frames;
-  thread_local std::vector<uint64_t> ends;
+void Meter::record(UsageRecord r, std::function<void(bool)> on_durable) {
+  thread_local std::string frame;
   auto t0 = std::chrono::steady_clock::now();
   std::unique_lock lk(mu_);
   Segment& s = *active_;
-  frames.clear();
-  ends.clear();
-  for (const auto& p : batch) {
-    journal::encode(p.record, s.number, frames);
-    ends.push_back(s.size + frames.size());
-  }
+  frame.clear();
+  journal::encode(r, s.number, frame);
   // A frame copied into the mapping is in the kernel's page cache, as a pwrite's would be: it
   // survives the process's kill -9, and fdatasync (the syncer) writes it out like any other.
-  bool written = s.size + frames.size() <= s.map_len;
+  // (So a record costs no system call, and io threads journal each as it finishes rather than
+  // gathering a loop turn's records into one write, as they did when each write was a pwrite.)
+  bool written = s.size + frame.size() <= s.map_len;
   if (written) {
-    std::memcpy(s.map + s.size, frames.data(), frames.size());
+    std::memcpy(s.map + s.size, frame.data(), frame.size());
   } else {
-    written = pwrite_all(s.fd, frames, s.size);
+    written = pwrite_all(s.fd, frame, s.size);
   }
   if (!written) {
-    // The size is not advanced: the next write overwrites whatever part of these got out.
+    // The size is not advanced: the next write overwrites whatever part of it got out.
     std::string err = sys_error("write " + s.path);
     lk.unlock();
-    for (auto& p : batch) {
-      spdlog::error("metering: could not journal the usage record of {}: {}", p.record.request_id, err);
-      if (p.on_durable) p.on_durable(false);
-    }
-    batch.clear();
+    spdlog::error("metering: could not journal the usage record of {}: {}", r.request_id, err);
+    if (on_durable) on_durable(false);
     return;
   }
-  s.size += frames.size();
-  for (auto& p : batch) s.records.push_back(std::move(p.record));  // (not read again here)
+  s.size += frame.size();
+  s.records.push_back(std::move(r));  // for the fold (not read again here)
   if (opts_.fsync) {
-    for (size_t i = 0; i < batch.size(); ++i) s.waiters.push_back({ends[i], std::move(batch[i].on_durable)});
+    s.waiters.push_back({s.size, std::move(on_durable)});
     lk.unlock();
-    batch.clear();
     sync_cv_.notify_one();
     return;
   }
   lk.unlock();
-  committed_ += int64_t(batch.size());
+  ++committed_;
   ++commits_;
   commit_us_ += micros_since(t0);
-  for (auto& p : batch) {
-    if (p.on_durable) p.on_durable(true);
-  }
-  batch.clear();
+  if (on_durable) on_durable(true);
 }
 
 void Meter::complete(Segment& s, uint64_t upto, bool ok) {

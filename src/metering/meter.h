@@ -53,15 +53,7 @@ class Meter {
   // Journals r; on_durable(true) runs once it is durable (under fsync=false before record
   // returns, on the calling thread; else on the syncer thread), on_durable(false) if it could not
   // be written (logged): the request must not be reported as completed and billed.
-  void record(const UsageRecord& r, std::function<void(bool durable)> on_durable = nullptr);
-
-  // Journals several records with one write, each acknowledged as by record(); empties batch.
-  // What MeterBatch uses: an io thread's records of one turn of its event loop.
-  struct Pending {
-    UsageRecord record;
-    std::function<void(bool durable)> on_durable;
-  };
-  void record_batch(std::vector<Pending>& batch);
+  void record(UsageRecord r, std::function<void(bool durable)> on_durable = nullptr);
 
   // Folds every record journaled so far into the store; returns when they are readable there.
   void flush();
@@ -124,44 +116,6 @@ class Meter {
 
   std::atomic<int64_t> committed_{0}, commits_{0}, commit_us_{0}, folded_{0}, folds_{0}, fold_us_{0};
   std::thread syncer_, folder_;
-};
-
-// Gathers the records that one io thread finishes during one turn of its event loop and journals
-// them with one write when that turn's other work is done: under load one pwrite acknowledges many
-// answers (one each cost a system call apiece), and when idle a batch is one record, written
-// before anything else runs on that thread. add() is thread-safe; post(f) must run f later on the
-// io thread (asio::post), and must not drop it while the thread runs.
-class MeterBatch {
- public:
-  MeterBatch(Meter& meter, std::function<void(std::function<void()>)> post)
-      : meter_(meter), post_(std::move(post)) {}
-  ~MeterBatch() { flush(); }  // an io thread that stopped: what it gathered is still journaled
-  MeterBatch(const MeterBatch&) = delete;
-  MeterBatch& operator=(const MeterBatch&) = delete;
-
-  void add(UsageRecord r, std::function<void(bool durable)> on_durable) {
-    bool first;
-    {
-      std::lock_guard lk(mu_);
-      first = gathered_.empty();
-      gathered_.push_back({std::move(r), std::move(on_durable)});
-    }
-    if (first) post_([this] { flush(); });
-  }
-  void flush() {
-    {
-      std::lock_guard lk(mu_);
-      writing_.swap(gathered_);
-    }
-    meter_.record_batch(writing_);
-  }
-
- private:
-  Meter& meter_;
-  std::function<void(std::function<void()>)> post_;
-  std::mutex mu_;
-  std::vector<Meter::Pending> gathered_;  // guarded by mu_
-  std::vector<Meter::Pending> writing_;   // the io thread's (flush)
 };
 
 }  // namespace aicloud
