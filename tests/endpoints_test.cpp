@@ -13,6 +13,8 @@
 #include <thread>
 
 #include "http/server.h"
+#include "http/stream.h"
+#include "support/raw_http.h"
 #include "support/server_process.h"
 
 using namespace aicloud;
@@ -42,6 +44,15 @@ class CannedUpstream : public http::Handler {
                       : std::string(65u << 20, ' ');
       return r;
     }
+    if (in.is_object() && in.value("user", "") == "paced") {  // a stream the test writes piece by piece
+      r.stream = std::make_shared<http::ResponseStream>();
+      http::Response h;
+      h.content_type = "text/event-stream";
+      r.stream->head(std::move(h), event("first-piece"));
+      std::lock_guard lk(mu);
+      paced = r.stream;
+      return r;
+    }
     if (in.is_object() && in.value("stream", false)) {
       r.content_type = "text/event-stream";
       r.body =
@@ -64,9 +75,14 @@ class CannedUpstream : public http::Handler {
     r.body = message;
     return r;
   }
+  static std::string event(const std::string& content) {
+    return "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"partner-echo\",\"choices\":[{\"index\":0,"
+           "\"delta\":{\"content\":\"" + content + "\"},\"finish_reason\":null}]}\n\n";
+  }
   std::mutex mu;
   std::string last_auth, last_target, last_body;
   int requests = 0;
+  std::shared_ptr<http::ResponseStream> paced;  // the last "paced" request's stream
 };
 
 json chat() { return {{"model", "partner-echo"}, {"messages", {{{"role", "user"}, {"content", "hello"}}}}}; }
@@ -98,6 +114,49 @@ http::ClientResponse chat_until(Api& api, unsigned want) {
     std::this_thread::sleep_for(100ms);
   }
   return r;
+}
+
+// "Chunks forwarded as they arrive": each piece of an upstream's stream reaches the client while
+// the upstream is still producing, not when the stream ends. (The gateway hands on what one
+// upstream read brought once that read is through: the pool's on_read_end.)
+TEST(Endpoints, AStreamsPiecesReachTheClientAsTheUpstreamSendsThem) {
+  Upstream up;
+  ServerProcess srv;
+  auto c = srv.client();
+  Api op{*c, srv.admin_key(), ""};
+  op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
+  Tenant a = make_tenant(*c, srv.admin_key(), "acme");
+  op.post("/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", up.url()}, {"region", "eu-west-1"}}, 201);
+  Api pa{*c, a.project_key, ""};
+  ASSERT_EQ(chat_until(pa, 200).status, 200u);
+
+  json body = chat();
+  body["stream"] = true;
+  body["user"] = "paced";
+  std::string payload = body.dump();
+  RawConn conn(srv.url());
+  ASSERT_TRUE(conn.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + a.project_key +
+                        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(payload.size()) +
+                        "\r\n\r\n" + payload));
+  ASSERT_TRUE(conn.read_until("first-piece", 10s)) << "the first piece waits for the stream's end";
+  std::shared_ptr<http::ResponseStream> out;
+  {
+    std::lock_guard lk(up.canned.mu);
+    out = up.canned.paced;
+  }
+  ASSERT_TRUE(out);
+  out->write(CannedUpstream::event("second-piece"));
+  ASSERT_TRUE(conn.read_until("second-piece", 10s)) << "a later piece waits for the stream's end";
+  EXPECT_FALSE(conn.read_until("[DONE]", 200ms)) << "the end came before the upstream's";
+  out->write("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],"
+             "\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\ndata: [DONE]\n\n",
+             true);
+  RawResponse r = conn.read_response(10s);
+  ASSERT_EQ(r.status, 200u) << r.body;
+  EXPECT_NE(r.body.find("second-piece"), std::string::npos) << r.body;
+  EXPECT_EQ(r.body.find("\"usage\""), std::string::npos) << "the usage chunk was the gateway's to ask for: " << r.body;
+  ASSERT_GE(r.body.size(), 14u);
+  EXPECT_EQ(r.body.substr(r.body.size() - 14), "data: [DONE]\n\n");
 }
 
 TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {

@@ -398,7 +398,10 @@ TEST_F(StreamProxy, ResponsesAreReadWhateverTheirFramingAndPacing) {
     bool pooled;  // the connection may be reused afterwards
   };
   std::vector<Case> cases = {
-      {"content-length in one write", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nabcde", 1 << 20, "abcde", true},
+      {"content-length in one write, hop-by-hop fields",
+       "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nServer: up/1\r\n"
+       "Date: Sat, 05 Dec 2026 00:00:00 GMT\r\nTE: trailers\r\nTrailer: X-T\r\nProxy-Authenticate: Basic\r\nX-Up: 1\r\n\r\nabcde",
+       1 << 20, "abcde", true},
       {"content-length a byte at a time", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nabcde", 1, "abcde", true},
       {"chunked a byte at a time",
        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n7\r\nhello, \r\nd\r\nchunked world\r\n0\r\n\r\n", 1,
@@ -436,6 +439,10 @@ TEST_F(StreamProxy, ResponsesAreReadWhateverTheirFramingAndPacing) {
     EXPECT_EQ(got.error, "") << c.name;
     EXPECT_EQ(got.heads, 1) << c.name;
     EXPECT_EQ(got.field("X-Up"), "1") << c.name;
+    // Hop-by-hop and framing fields, and the upstream's Server and Date, are not relayed.
+    std::string relayed;
+    for (const auto& f : got.head.headers) relayed += f.first + " ";
+    EXPECT_EQ(got.head.headers.size(), 1u) << c.name << ": " << relayed;
     EXPECT_EQ(got.head.status, c.body.empty() ? 204u : 200u) << c.name;
     EXPECT_TRUE(got.body == c.body) << c.name << ": " << got.body.size() << " bytes";
     EXPECT_EQ(pool->idle_connections(), idle_before + (c.pooled ? 1 : 0)) << c.name;

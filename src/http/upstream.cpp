@@ -98,12 +98,19 @@ class PoolCloser : public asio::execution_context::service {
 
 namespace {
 
-bool hop_by_hop(std::string_view name) {
-  for (std::string_view h : {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
-                             "upgrade", "proxy-authenticate", "proxy-authorization", "server", "date"}) {
-    if (name.size() == h.size() && strncasecmp(name.data(), h.data(), h.size()) == 0) return true;
+// The fields an answer's relay does not pass on: hop-by-hop ones, framing (the server frames the
+// client's answer itself), and Server and Date (the server's own). Beast has already looked the
+// name up (f), so this is a switch rather than a name comparison per field.
+bool not_relayed(bhttp::field f) {
+  using F = bhttp::field;
+  switch (f) {
+    case F::connection: case F::keep_alive: case F::transfer_encoding: case F::content_length: case F::te:
+    case F::trailer: case F::upgrade: case F::proxy_authenticate: case F::proxy_authorization: case F::server:
+    case F::date:
+      return true;
+    default:
+      return false;
   }
-  return false;
 }
 
 constexpr size_t kReadRoom = 16 * 1024;
@@ -123,7 +130,7 @@ class AnswerParser : public bhttp::basic_parser<false> {
   void on_field_impl(bhttp::field f, beast::string_view name, beast::string_view value, beast::error_code&) override {
     if (f == bhttp::field::content_type) {
       head.content_type.assign(value.data(), value.size());
-    } else if (!hop_by_hop(std::string_view(name.data(), name.size()))) {
+    } else if (!not_relayed(f)) {
       head.headers.emplace_back(std::string(name), std::string(value));
     }
   }

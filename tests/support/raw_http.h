@@ -90,6 +90,16 @@ class RawConn {
     return true;
   }
 
+  // Reads until what has arrived (and is not yet taken by read_response) holds `needle`; false
+  // if it did not within timeout. For a stream's pieces, seen as they come.
+  bool read_until(std::string_view needle, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (buf_.find(needle) == std::string::npos) {
+      if (!fill(deadline)) return false;
+    }
+    return true;
+  }
+
   // Reads one response (Content-Length or chunked body, or until close) within timeout.
   RawResponse read_response(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
     RawResponse r;
