@@ -2,6 +2,7 @@
 // kill -9 and restarts, in both durability modes; torn and stale frames are not read.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -221,6 +222,59 @@ TEST_P(MeterModes, ARecordIsAcknowledgedWhereItsModeSays) {
   }
   m.flush();
   EXPECT_EQ(totals(*store).requests, 10);
+}
+
+// A journal that cannot take a record (here a file-size limit, as a full disk would be) refuses
+// it: on_durable(false), so the gateway answers 503 and bills nothing. No record is acknowledged
+// that a restart does not find, and none that was refused is folded. (pwrite past the limit
+// fails with EFBIG once SIGXFSZ is ignored, as the server does.)
+TEST_P(MeterModes, ARecordTheJournalCannotTakeIsRefusedAndNotFolded) {
+  TempDir d;
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(pipefd[0]);
+    auto store = open_store(d, GetParam());
+    MeterOptions o = options(d, GetParam(), 3600s);
+    o.map_bytes = 0;  // every record with pwrite, which the limit stops
+    Meter m(*store, o);
+    ::signal(SIGXFSZ, SIG_IGN);
+    rlimit lim{32 << 10, 32 << 10};  // about 200 records
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(2);
+    std::atomic<int> answered{0};
+    for (int i = 0; i < 1000; ++i) {
+      m.record(record(i), [&, fd = pipefd[1]](bool ok) {
+        char c = ok ? 'y' : 'n';
+        if (::write(fd, &c, 1) != 1) _exit(3);
+        ++answered;
+      });
+    }
+    for (int i = 0; answered < 1000 && i < 10000; ++i) std::this_thread::sleep_for(1ms);
+    _exit(answered == 1000 ? 0 : 4);  // no fold: the restart below does it
+  }
+  ::close(pipefd[1]);
+  int64_t yes = 0, no = 0;
+  bool refused_then_taken = false;
+  char c;
+  while (::read(pipefd[0], &c, 1) == 1) {
+    if (c == 'y' && no > 0) refused_then_taken = true;
+    (c == 'y' ? yes : no) += 1;
+  }
+  ::close(pipefd[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(yes + no, 1000);
+  EXPECT_GT(yes, 50) << "records under the limit are taken";
+  EXPECT_GT(no, 500) << "records past the limit are refused";
+  if (!GetParam()) {  // (under fdatasync the syncer acknowledges later, interleaved with refusals)
+    EXPECT_FALSE(refused_then_taken) << "the limit does not go away";
+  }
+  auto store = open_store(d, GetParam());
+  Meter m(*store, options(d, GetParam()));  // folds the journal
+  EXPECT_EQ(totals(*store).requests, yes) << "folded exactly what was acknowledged";
 }
 
 INSTANTIATE_TEST_SUITE_P(Sync, MeterModes, ::testing::Bool(),

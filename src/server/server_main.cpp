@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -157,6 +158,10 @@ int server_command(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return cli.exit(e);
   }
+  // A file-size limit (ulimit -f) reached by the usage journal or the database is an error that
+  // the write reports (EFBIG: the request is refused, 503 metering_unavailable), not a signal
+  // that kills the server with every request in flight.
+  ::signal(SIGXFSZ, SIG_IGN);
 
   auto colon = listen.rfind(':');
   if (colon == std::string::npos) {
