@@ -31,11 +31,11 @@ TEST(Replicas, PicksTheLeastLoadedReadyReplicaAndSkipsExcludedOnes) {
   auto p1 = dir.pick("tiny", "org_1");
   auto p2 = dir.pick("tiny", "org_1");
   ASSERT_TRUE(p1 && p2);
-  EXPECT_NE(p1->replica.id, p2->replica.id) << "the second request goes to the idle replica";
+  EXPECT_NE(p1->replica().id, p2->replica().id) << "the second request goes to the idle replica";
   ReplicaDirectory::release(*p1);
   auto p3 = dir.pick("tiny", "org_1");
   ASSERT_TRUE(p3);
-  EXPECT_EQ(p3->replica.id, p1->replica.id) << "the replica whose request ended is the least loaded";
+  EXPECT_EQ(p3->replica().id, p1->replica().id) << "the replica whose request ended is the least loaded";
   auto p4 = dir.pick("tiny", "org_1", {"r1", "r2"});
   EXPECT_FALSE(p4) << "every replica excluded (both just failed)";
   ReplicaDirectory::release(*p2);
@@ -54,7 +54,7 @@ TEST(Replicas, AnotherOrganizationsDeploymentIsInvisibleAndTheCatalogIsShared) {
   EXPECT_TRUE(dir.serves("shared", "org_2"));
   auto p = dir.pick("shared", "org_2");
   ASSERT_TRUE(p);
-  EXPECT_EQ(p->deployment_id, "dep_catalog");
+  EXPECT_EQ(p->deployment_id(), "dep_catalog");
   ReplicaDirectory::release(*p);
 }
 
@@ -67,8 +67,8 @@ TEST(Replicas, TheModelIndexFollowsChangesAndRemovals) {
   }
   auto p = dir.pick("model-321", "org_1");
   ASSERT_TRUE(p);
-  EXPECT_EQ(p->deployment_id, "dep_321");
-  EXPECT_EQ(p->replica.port, 2321);
+  EXPECT_EQ(p->deployment_id(), "dep_321");
+  EXPECT_EQ(p->replica().port, 2321);
   ReplicaDirectory::release(*p);
 
   // A deployment whose model changes leaves the old name's index.
@@ -81,17 +81,43 @@ TEST(Replicas, TheModelIndexFollowsChangesAndRemovals) {
   auto a = dir.pick("renamed", "org_1");
   auto b = dir.pick("renamed", "org_1");
   ASSERT_TRUE(a && b);
-  EXPECT_NE(a->deployment_id, b->deployment_id);
+  EXPECT_NE(a->deployment_id(), b->deployment_id());
   ReplicaDirectory::release(*a);
   ReplicaDirectory::release(*b);
   dir.remove("dep_321");
   auto c = dir.pick("renamed", "org_1");
   ASSERT_TRUE(c);
-  EXPECT_EQ(c->deployment_id, "dep_x");
+  EXPECT_EQ(c->deployment_id(), "dep_x");
   ReplicaDirectory::release(*c);
   dir.remove("dep_x");
   EXPECT_FALSE(dir.serves("renamed", "org_1"));
   dir.remove("dep_x");  // twice: nothing happens
+}
+
+// A pick holds the deployment as it was when picked: a change (a replica gone, a deployment
+// removed) while its request is in flight leaves what it points at intact, and a replica that
+// stays keeps counting that request until it is released.
+TEST(Replicas, APickOutlivesAChangeOfItsDeployment) {
+  ReplicaDirectory dir;
+  dir.set(deployment("dep_a", "tiny", "org_1", {replica("r1", 1001), replica("r2", 1002)}));
+  auto p = dir.pick("tiny", "org_1");
+  ASSERT_TRUE(p);
+  std::string picked = p->replica().id;
+  std::string other = picked == "r1" ? "r2" : "r1";
+  // The picked replica stays, under a new snapshot: its count of this request carries over, so
+  // the next pick goes to the other one.
+  dir.set(deployment("dep_a", "tiny", "org_1", {replica("r1", 1001), replica("r2", 1002)}));
+  auto q = dir.pick("tiny", "org_1");
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->replica().id, other);
+  ReplicaDirectory::release(*q);
+  // The deployment goes away: the pick still reads its replica as it was.
+  dir.remove("dep_a");
+  EXPECT_FALSE(dir.pick("tiny", "org_1"));
+  EXPECT_EQ(p->replica().id, picked);
+  EXPECT_EQ(p->replica().host, "127.0.0.1");
+  EXPECT_EQ(p->deployment_id(), "dep_a");
+  ReplicaDirectory::release(*p);
 }
 
 TEST(Replicas, AWaiterIsWokenOnlyByADeploymentItMayUse) {

@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
       {"hash the API key (the key cache's lookup)", [] { sink = sha256_hex(kKey).size(); }},
       {"pick a replica, release it", [&] {
          auto p = dir.pick("canned", "org_bench");
-         sink = p->replica.port;
+         sink = p->replica().port;
          gateway::ReplicaDirectory::release(*p);
        }},
       {"read the answer's usage (usage_scan.h)", [] {

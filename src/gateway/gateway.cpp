@@ -68,7 +68,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
 
   std::mutex mu;  // guards the fields below: the upstream strand, the io thread of a wake, the cancel
   std::optional<Pick> pick;
-  std::vector<std::string> tried;
+  std::vector<std::string> tried;  // replicas that failed before answering
   int attempts = 0;
   std::shared_ptr<http::UpstreamCall> call;
   uint64_t waiter = 0;
@@ -120,15 +120,15 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       return wait_for_replica(lk);
     }
     ++attempts;
-    tried.push_back(pick->replica.id);
-    rec.deployment_id = pick->deployment_id;
-    rec.region = pick->replica.region;
+    const Replica& replica = pick->replica();
+    rec.deployment_id = pick->deployment_id();
+    rec.region = replica.region;
 
     http::UpstreamRequest req;
     req.target = path;
     req.headers.reserve(3);
     req.headers.emplace_back("Content-Type", "application/json");
-    if (!pick->replica.api_key.empty()) req.headers.emplace_back("Authorization", "Bearer " + pick->replica.api_key);
+    if (!replica.api_key.empty()) req.headers.emplace_back("Authorization", "Bearer " + replica.api_key);
     req.headers.emplace_back("x-request-id", rec.request_id);
     req.body = body;
     auto self = shared_from_this();
@@ -137,10 +137,9 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     cb.on_data = [self](std::string_view d) { self->on_data(d); };
     cb.on_read_end = [self] { self->on_read_end(); };
     cb.on_done = [self](const std::string& err, bool got) { self->on_done(err, got); };
-    std::string host = pick->replica.host;  // (pick may change once mu is let go)
-    uint16_t port = pick->replica.port;
+    auto snapshot = pick->deployment;  // (pick may change once mu is let go; replica stays valid with this)
     lk.unlock();
-    auto c = lane.pool->send(host, port, std::move(req), std::move(cb), gw.opts_.upstream);
+    auto c = lane.pool->send(replica.host, replica.port, std::move(req), std::move(cb), gw.opts_.upstream);
     lk.lock();
     call = c;
     if (cancelled) c->cancel();
@@ -328,7 +327,11 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   void on_done(std::string err, bool got_response) {
     {
       std::lock_guard lk(mu);
-      if (pick) ReplicaDirectory::release(*pick);
+      if (pick) {
+        // A replica that failed before answering is not tried again for this request.
+        if (!err.empty() && !got_response) tried.push_back(pick->replica().id);
+        ReplicaDirectory::release(*pick);
+      }
       pick.reset();
       call.reset();
       if (cancelled) {

@@ -12,7 +12,7 @@ void ReplicaDirectory::set(Deployment d) {
     auto old = deployments_.find(d.id);
     if (old != deployments_.end()) {
       for (auto& r : d.replicas) {
-        for (const auto& o : old->second.replicas) {
+        for (const auto& o : old->second->replicas) {
           if (o.id == r.id) r.outstanding = o.outstanding;
         }
       }
@@ -27,10 +27,12 @@ void ReplicaDirectory::set(Deployment d) {
         }
       }
     }
-    if (old != deployments_.end()) unindex(old->second);  // (its model may have changed)
-    Deployment& stored = deployments_[d.id];
-    stored = std::move(d);
-    by_model_[stored.model].push_back(&stored);
+    if (old != deployments_.end()) unindex(*old->second);  // (its model may have changed)
+    // A new snapshot: picks still holding the old one keep it as it was.
+    auto stored = std::make_shared<const Deployment>(std::move(d));
+    by_model_[stored->model].push_back(stored);
+    auto& slot = deployments_[stored->id];
+    slot = std::move(stored);
   }
   for (auto& f : ready) f();
 }
@@ -38,7 +40,7 @@ void ReplicaDirectory::set(Deployment d) {
 void ReplicaDirectory::unindex(const Deployment& d) {
   auto it = by_model_.find(d.model);
   if (it == by_model_.end()) return;
-  std::erase(it->second, &d);
+  std::erase_if(it->second, [&](const Snapshot& s) { return s.get() == &d; });
   if (it->second.empty()) by_model_.erase(it);
 }
 
@@ -46,14 +48,14 @@ void ReplicaDirectory::remove(const std::string& deployment_id) {
   std::lock_guard lk(mu_);
   auto it = deployments_.find(deployment_id);
   if (it == deployments_.end()) return;
-  unindex(it->second);
+  unindex(*it->second);
   deployments_.erase(it);
 }
 
 bool ReplicaDirectory::serves(const std::string& model, const std::string& org) const {
   std::lock_guard lk(mu_);
   bool found = false;
-  for_each_usable(model, org, [&](const Deployment&) { found = true; });
+  for_each_usable(model, org, [&](const Snapshot&) { found = true; });
   return found;
 }
 
@@ -61,10 +63,10 @@ std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::
                                            const std::vector<std::string>& exclude) const {
   std::lock_guard lk(mu_);
   const Replica* best = nullptr;
-  const Deployment* best_dep = nullptr;
+  const Snapshot* best_dep = nullptr;
   int best_load = 0;
-  for_each_usable(model, org, [&](const Deployment& d) {
-    for (const auto& r : d.replicas) {
+  for_each_usable(model, org, [&](const Snapshot& d) {
+    for (const auto& r : d->replicas) {
       if (std::find(exclude.begin(), exclude.end(), r.id) != exclude.end()) continue;
       int load = r.outstanding->load();
       if (!best || load < best_load) {
@@ -77,10 +79,10 @@ std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::
   if (!best) return std::nullopt;
   best->outstanding->fetch_add(1);
   int total = 0;
-  for (const auto& r : best_dep->replicas) total += r.outstanding->load();
-  int& peak = peak_[best_dep->id];
+  for (const auto& r : (*best_dep)->replicas) total += r.outstanding->load();
+  int& peak = peak_[(*best_dep)->id];
   peak = std::max(peak, total);
-  return Pick{best_dep->id, *best};
+  return Pick{*best_dep, best};
 }
 
 void ReplicaDirectory::on_wake(std::function<void(const std::string&)> f) {
@@ -94,7 +96,7 @@ void ReplicaDirectory::wake(const std::string& model, const std::string& org) co
   {
     std::lock_guard lk(mu_);
     f = wake_;
-    for_each_usable(model, org, [&](const Deployment& d) { ids.push_back(d.id); });
+    for_each_usable(model, org, [&](const Snapshot& d) { ids.push_back(d->id); });
   }
   if (f) {
     for (const auto& id : ids) f(id);
@@ -118,13 +120,13 @@ std::map<std::string, int> ReplicaDirectory::outstanding_by_deployment() {
   std::map<std::string, int> out;
   for (const auto& [id, d] : deployments_) {
     int n = 0;
-    for (const auto& r : d.replicas) n += r.outstanding->load();
+    for (const auto& r : d->replicas) n += r.outstanding->load();
     auto p = peak_.find(id);
     if (p != peak_.end()) {
       n = std::max(n, p->second);
       peak_.erase(p);
     }
-    for (const auto& [wid, w] : waiters_) n += usable(d, w.model, w.org);
+    for (const auto& [wid, w] : waiters_) n += usable(*d, w.model, w.org);
     out[id] = n;
   }
   peak_.clear();  // (peaks of deployments removed meanwhile)

@@ -36,10 +36,13 @@ struct Deployment {
   bool scale_to_zero = false;     // may have no replica and wake on a request
 };
 
-// What pick() found.
+// What pick() found: a replica of a deployment as the directory knew it then. The snapshot is
+// shared and never changed (set() replaces it), so a pick copies a pointer, not the replica.
 struct Pick {
-  std::string deployment_id;
-  Replica replica;  // its `outstanding` already counts this request: call release()
+  std::shared_ptr<const Deployment> deployment;
+  const Replica* r = nullptr;  // in *deployment; its `outstanding` already counts this request: call release()
+  const Replica& replica() const { return *r; }
+  const std::string& deployment_id() const { return deployment->id; }
 };
 
 class ReplicaDirectory {
@@ -54,7 +57,7 @@ class ReplicaDirectory {
   // replica ids in `exclude` (ones that just failed). nullopt if none is ready now.
   std::optional<Pick> pick(const std::string& model, const std::string& org,
                            const std::vector<std::string>& exclude = {}) const;
-  static void release(const Pick& p) { p.replica.outstanding->fetch_sub(1); }
+  static void release(const Pick& p) { p.r->outstanding->fetch_sub(1); }
 
   // Scale from zero: asks the controller to wake the deployments of `model` for `org`.
   void on_wake(std::function<void(const std::string& deployment_id)> f);
@@ -79,16 +82,17 @@ class ReplicaDirectory {
   void for_each_usable(const std::string& model, const std::string& org, F&& f) const {
     auto it = by_model_.find(model);
     if (it == by_model_.end()) return;
-    for (const Deployment* d : it->second) {
-      if (usable(*d, model, org)) f(*d);
+    for (const auto& d : it->second) {
+      if (usable(*d, model, org)) f(d);
     }
   }
   void unindex(const Deployment& d);
 
+  using Snapshot = std::shared_ptr<const Deployment>;
   mutable std::mutex mu_;
-  std::map<std::string, Deployment> deployments_;
-  // model name -> its deployments (pointers into deployments_, whose nodes do not move).
-  std::map<std::string, std::vector<const Deployment*>, std::less<>> by_model_;
+  std::map<std::string, Snapshot> deployments_;
+  // model name -> its deployments (the same snapshots as deployments_).
+  std::map<std::string, std::vector<Snapshot>, std::less<>> by_model_;
   mutable std::map<std::string, int> peak_;  // deployment -> most in flight since the last look
   std::function<void(const std::string&)> wake_;
   struct Waiter {
