@@ -47,6 +47,11 @@ Meter::Segment::~Segment() {
   if (fd >= 0) ::close(fd);
 }
 
+Meter::Spare::~Spare() {
+  if (map) ::munmap(map, map_len);
+  if (fd >= 0) ::close(fd);
+}
+
 Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(opts)) {
   fs::create_directories(opts_.dir);
   dir_fd_ = ::open(opts_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -68,7 +73,7 @@ Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(o
   for (const auto& [number, path] : found) {
     next_number_ = std::max(next_number_, number + 1);
     if (number <= folded) {
-      spares_.push_back(path);
+      spares_.emplace_back().path = path;
       continue;
     }
     auto s = std::make_shared<Segment>();
@@ -135,12 +140,18 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
   int flags = O_RDWR | O_CLOEXEC;
   if (!spares_.empty()) {
     // Reuse: the old frames carry the old segment number, so a reader stops where ours end.
-    if (::rename(spares_.back().c_str(), s->path.c_str()) != 0) throw std::runtime_error(sys_error("cannot reuse " + spares_.back()));
+    Spare& sp = spares_.back();
+    if (::rename(sp.path.c_str(), s->path.c_str()) != 0) throw std::runtime_error(sys_error("cannot reuse " + sp.path));
+    // Still open, and mapped if it was: a rename leaves both as they are.
+    s->fd = std::exchange(sp.fd, -1);
+    s->map = std::exchange(sp.map, nullptr);
+    s->map_len = std::exchange(sp.map_len, 0);
+    s->records = std::move(sp.records);
     spares_.pop_back();
   } else {
     flags |= O_CREAT | O_TRUNC;
   }
-  s->fd = ::open(s->path.c_str(), flags, 0600);
+  if (s->fd < 0) s->fd = ::open(s->path.c_str(), flags, 0600);
   if (s->fd < 0) throw std::runtime_error(sys_error("cannot open " + s->path));
   // Frames are copied into a shared mapping of the file's first map_bytes rather than written
   // with pwrite, which was a system call per batch (about a third of one per proxied request
@@ -148,7 +159,7 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
   // no-op for a reused file), so that a copy never needs a block the disk no longer has: a write
   // to a shared mapping that cannot get one is a SIGBUS, not an error. Where it cannot be
   // allocated (a full disk), or past it, frames are written with pwrite.
-  if (opts_.map_bytes > 0 && ::posix_fallocate(s->fd, 0, off_t(opts_.map_bytes)) == 0) {
+  if (!s->map && opts_.map_bytes > 0 && ::posix_fallocate(s->fd, 0, off_t(opts_.map_bytes)) == 0) {
     void* m = ::mmap(nullptr, opts_.map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
     if (m != MAP_FAILED) {
       s->map = static_cast<char*>(m);
@@ -299,12 +310,25 @@ void Meter::fold_now(bool last) {
       return;
     }
     complete(*s, UINT64_MAX, true);  // whatever the syncer had not reached is durable in the store now
-    spares_.push_back(s->path);
     unfolded_.pop_front();
+    Spare& sp = spares_.emplace_back();
+    sp.path = s->path;
+    // Kept open and mapped if nothing else holds the segment (the syncer may, for a moment, to
+    // sync it) and it is this process's own (opened for writing).
+    if (s.use_count() == 1 && s->in_memory && s->fd >= 0) {
+      sp.fd = std::exchange(s->fd, -1);
+      sp.map = std::exchange(s->map, nullptr);
+      sp.map_len = std::exchange(s->map_len, 0);
+      size_t used = s->records.size();
+      sp.records = std::move(s->records);
+      sp.records.clear();
+      // The capacity follows the load: kept, unless it is far above what this segment needed.
+      if (sp.records.capacity() > 4096 && sp.records.capacity() > 4 * used) std::vector<UsageRecord>().swap(sp.records);
+    }
   }
   while (spares_.size() > kSpares) {
-    ::unlink(spares_.front().c_str());
-    spares_.erase(spares_.begin());
+    ::unlink(spares_.front().path.c_str());
+    spares_.pop_front();
   }
 }
 

@@ -27,6 +27,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "store/store.h"
@@ -111,7 +112,25 @@ class Meter {
   std::mutex fold_mu_;  // one fold at a time (the folder thread, flush(), the destructor); fold_cv_'s
   uint64_t next_number_ = 1;
   std::deque<std::shared_ptr<Segment>> unfolded_;  // retired, in order
-  std::vector<std::string> spares_;                // folded files to reuse
+  // A folded segment's file, kept for reuse. One this process wrote keeps its descriptor, its
+  // mapping and its records' vector (emptied), so that the next segment on it starts with the
+  // mapping's page-table entries in place and the vector's capacity: a fresh mapping took a
+  // page fault for each 4 KiB the records were copied into, and a fresh vector its reallocations'
+  // faults, the largest kernel cost the gateway had beyond nginx's (docs/PERFORMANCE.md §5).
+  struct Spare {
+    std::string path;
+    int fd = -1;  // -1: only the file (one of an earlier process, opened read-only)
+    char* map = nullptr;
+    size_t map_len = 0;
+    std::vector<UsageRecord> records;
+    Spare() = default;
+    Spare(Spare&& o) noexcept
+        : path(std::move(o.path)), fd(std::exchange(o.fd, -1)), map(std::exchange(o.map, nullptr)),
+          map_len(std::exchange(o.map_len, 0)), records(std::move(o.records)) {}
+    Spare& operator=(Spare&&) = delete;
+    ~Spare();
+  };
+  std::deque<Spare> spares_;                       // folded files to reuse
   std::condition_variable fold_cv_;
 
   std::atomic<int64_t> committed_{0}, commits_{0}, commit_us_{0}, folded_{0}, folds_{0}, fold_us_{0};
