@@ -116,18 +116,29 @@ http::ClientResponse chat_until(Api& api, unsigned want) {
   return r;
 }
 
+// A cloud with the canned upstream registered as "partner-echo" for every organization, one
+// tenant ("acme"), and the endpoint published (a chat through it has answered).
+struct PublishedEndpoint {
+  Upstream up;
+  ServerProcess srv;
+  std::unique_ptr<http::Client> c = srv.client();
+  Api op{*c, srv.admin_key(), ""};
+  Tenant a;
+  Api pa;
+  PublishedEndpoint()
+      : a((op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201),
+           make_tenant(*c, srv.admin_key(), "acme"))),
+        pa{*c, a.project_key, ""} {
+    op.post("/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", up.url()}, {"region", "eu-west-1"}}, 201);
+  }
+};
+
 // "Chunks forwarded as they arrive": each piece of an upstream's stream reaches the client while
 // the upstream is still producing, not when the stream ends. (The gateway hands on what one
 // upstream read brought once that read is through: the pool's on_read_end.)
 TEST(Endpoints, AStreamsPiecesReachTheClientAsTheUpstreamSendsThem) {
-  Upstream up;
-  ServerProcess srv;
-  auto c = srv.client();
-  Api op{*c, srv.admin_key(), ""};
-  op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
-  Tenant a = make_tenant(*c, srv.admin_key(), "acme");
-  op.post("/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", up.url()}, {"region", "eu-west-1"}}, 201);
-  Api pa{*c, a.project_key, ""};
+  PublishedEndpoint e;
+  auto& [up, srv, c, op, a, pa] = e;
   ASSERT_EQ(chat_until(pa, 200).status, 200u);
 
   json body = chat();
@@ -314,14 +325,8 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
 }
 
 TEST(Endpoints, OperatorDefaultRateLimitsApplyToProjectsWithoutTheirOwn) {
-  Upstream up;
-  ServerProcess srv;
-  auto c = srv.client();
-  Api op{*c, srv.admin_key(), ""};
-  op.post("/admin/v1/regions", {{"id", "eu-west-1"}, {"jurisdiction", "EU"}}, 201);
-  Tenant a = make_tenant(*c, srv.admin_key(), "acme");
-  op.post("/admin/v1/endpoints", {{"model", "partner-echo"}, {"url", up.url()}, {"region", "eu-west-1"}}, 201);
-  Api pa{*c, a.project_key, ""};
+  PublishedEndpoint e;
+  auto& [up, srv, c, op, a, pa] = e;
   ASSERT_EQ(chat_until(pa, 200).status, 200u);
 
   // Bad input names the field; nothing changes.

@@ -72,6 +72,38 @@ size_t files_in(const std::string& dir) {
   return n;
 }
 
+// A writer in a child process: a Meter on the test's journal that never folds (an hour between
+// folds), with the mapped part of each segment map_bytes long, handed to write(meter, fd) with
+// the write end of a pipe whose read end is returned in read_fd. The child ends when write
+// returns (or is killed by the test); it never folds, so what the journal holds is for the
+// parent's restart to fold.
+template <class F>
+pid_t fork_writer(const TempDir& d, bool fsync, size_t map_bytes, int& read_fd, F write) {
+  int pipefd[2];
+  if (::pipe(pipefd) != 0) return -1;
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::close(pipefd[0]);
+    auto store = open_store(d, fsync);
+    MeterOptions o = options(d, fsync, 3600s);
+    o.map_bytes = map_bytes;
+    Meter m(*store, o);
+    write(m, pipefd[1]);
+    _exit(0);  // (no destructors: the Meter would fold)
+  }
+  ::close(pipefd[1]);
+  read_fd = pipefd[0];
+  return child;
+}
+
+// What a writer's acknowledgement callback does: 'y' or 'n' on the pipe.
+std::function<void(bool)> ack_on(int fd) {
+  return [fd](bool ok) {
+    char c = ok ? 'y' : 'n';
+    if (::write(fd, &c, 1) != 1) _exit(3);
+  };
+}
+
 class MeterModes : public ::testing::TestWithParam<bool> {};
 
 TEST_P(MeterModes, EveryRecordIsAcknowledgedFoldedOnceAndSegmentFilesAreReused) {
@@ -134,34 +166,20 @@ TEST_P(MeterModes, EveryRecordIsAcknowledgedFoldedOnceAndSegmentFilesAreReused) 
 
 TEST_P(MeterModes, AcknowledgedRecordsSurviveKill9AndAreFoldedOnceOnRestart) {
   TempDir d;
-  int pipefd[2];
-  ASSERT_EQ(::pipe(pipefd), 0);
-  pid_t child = ::fork();
+  // The writer acknowledges each durable record on the pipe and is killed by the parent in the
+  // middle of its stream of records. A small mapping: the records go first into the mapped part
+  // of the segment, then (about 400 records in) with pwrite past it; recovery reads both.
+  int rd = -1;
+  pid_t child = fork_writer(d, GetParam(), 64 << 10, rd, [](Meter& m, int fd) {
+    for (int i = 0;; ++i) m.record(record(i), ack_on(fd));
+  });
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    // The writer: acknowledges each durable record on the pipe, never folds (an hour between
-    // folds), and is killed by the parent in the middle of its stream of records.
-    ::close(pipefd[0]);
-    auto store = open_store(d, GetParam());
-    // A small mapping: the records go first into the mapped part of the segment, then (about
-    // 400 records in) with pwrite past it; recovery reads both.
-    MeterOptions o = options(d, GetParam(), 3600s);
-    o.map_bytes = 64 << 10;
-    Meter m(*store, o);
-    for (int i = 0;; ++i) {
-      m.record(record(i), [fd = pipefd[1]](bool ok) {
-        char c = ok ? 'y' : 'n';
-        if (::write(fd, &c, 1) != 1) _exit(3);
-      });
-    }
-  }
-  ::close(pipefd[1]);
   int64_t acked = 0;
   char c;
-  while (acked < 2000 && ::read(pipefd[0], &c, 1) == 1) acked += c == 'y';
+  while (acked < 2000 && ::read(rd, &c, 1) == 1) acked += c == 'y';
   ::kill(child, SIGKILL);
-  while (::read(pipefd[0], &c, 1) == 1) acked += c == 'y';  // what it acknowledged before it died
-  ::close(pipefd[0]);
+  while (::read(rd, &c, 1) == 1) acked += c == 'y';  // what it acknowledged before it died
+  ::close(rd);
   int status = 0;
   ::waitpid(child, &status, 0);
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the writer ended on its own: " << status;
@@ -230,39 +248,32 @@ TEST_P(MeterModes, ARecordIsAcknowledgedWhereItsModeSays) {
 // fails with EFBIG once SIGXFSZ is ignored, as the server does.)
 TEST_P(MeterModes, ARecordTheJournalCannotTakeIsRefusedAndNotFolded) {
   TempDir d;
-  int pipefd[2];
-  ASSERT_EQ(::pipe(pipefd), 0);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(pipefd[0]);
-    auto store = open_store(d, GetParam());
-    MeterOptions o = options(d, GetParam(), 3600s);
-    o.map_bytes = 0;  // every record with pwrite, which the limit stops
-    Meter m(*store, o);
+  int rd = -1;
+  // Every record with pwrite (no mapping), which the limit stops.
+  pid_t child = fork_writer(d, GetParam(), 0, rd, [](Meter& m, int fd) {
     ::signal(SIGXFSZ, SIG_IGN);
     rlimit lim{32 << 10, 32 << 10};  // about 200 records
     if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(2);
     std::atomic<int> answered{0};
+    auto ack = ack_on(fd);
     for (int i = 0; i < 1000; ++i) {
-      m.record(record(i), [&, fd = pipefd[1]](bool ok) {
-        char c = ok ? 'y' : 'n';
-        if (::write(fd, &c, 1) != 1) _exit(3);
+      m.record(record(i), [&](bool ok) {
+        ack(ok);
         ++answered;
       });
     }
     for (int i = 0; answered < 1000 && i < 10000; ++i) std::this_thread::sleep_for(1ms);
-    _exit(answered == 1000 ? 0 : 4);  // no fold: the restart below does it
-  }
-  ::close(pipefd[1]);
+    if (answered < 1000) _exit(4);
+  });
+  ASSERT_GE(child, 0);
   int64_t yes = 0, no = 0;
   bool refused_then_taken = false;
   char c;
-  while (::read(pipefd[0], &c, 1) == 1) {
+  while (::read(rd, &c, 1) == 1) {
     if (c == 'y' && no > 0) refused_then_taken = true;
     (c == 'y' ? yes : no) += 1;
   }
-  ::close(pipefd[0]);
+  ::close(rd);
   int status = 0;
   ::waitpid(child, &status, 0);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
