@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -487,8 +488,8 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (!pending_.empty()) {
       char size[24];
-      int n = std::snprintf(size, sizeof size, "%zx\r\n", pending_.size());
-      buf.append(size, size_t(n)).append(pending_).append("\r\n");
+      char* end = std::to_chars(size, size + sizeof size, pending_.size(), 16).ptr;  // (snprintf: ~500 instructions)
+      buf.append(size, end).append("\r\n").append(pending_).append("\r\n");
       pending_.clear();
     }
     bool last = p.end;
