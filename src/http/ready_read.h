@@ -14,9 +14,12 @@
 // edge will follow it): the next read tries at once and finds the end. A second entry with a byte:
 // more is there, likewise. (nginx tells the FIN apart with EPOLLRDHUP, which asio does not
 // register.) What one entry cannot tell apart is "empty" from "reset after the bytes": the
-// kernel keeps that error for the next call. So a caller uses this read only where a hidden reset
-// comes out at once anyway: for the first read of a message (the next thing it does is answer,
-// or send the next request, and that write fails), never to continue one that is incomplete.
+// kernel keeps that error for the next call. (A reset there before the call fails the call
+// itself, bytes or not; one that lands during it also raises an epoll event of its own, which
+// turns at-once reads back on: StreamProxy.AClientThatResetsRightAfterItsRequestLeavesNothingRunning.)
+// Still, a caller uses this read only where a hidden reset would come out at once anyway: for the
+// first read of a message (the next thing it does is answer, or send the next request, and that
+// write fails), never to continue one that is incomplete.
 //
 // Built on asio's reactor interface (boost/asio/detail), which is internal: the project builds
 // against Debian 12's Boost 1.74, whose epoll reactor this was written for. Against another

@@ -76,6 +76,14 @@ class RawConn {
     }
   }
 
+  // Ends the connection with a reset (RST) rather than a FIN: SO_LINGER with a zero timeout.
+  void reset() {
+    linger l{1, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    ::close(fd_);
+    fd_ = -1;
+  }
+
   // Sends all of data; false if the server closed or reset the connection first (not an error
   // for these tests: closing on bad input is allowed).
   bool send(std::string_view data) {
