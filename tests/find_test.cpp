@@ -1,4 +1,4 @@
-// util/find.h's contains() against string_view::find, on every length and alignment around the
+// util/find.h's find() and contains() against string_view::find, on every length and alignment around the
 // 16-byte blocks it tests, on random text over a small alphabet (so that partial matches are
 // frequent) and on the case it is for: a quoted key in JSON.
 #include <gtest/gtest.h>
@@ -44,6 +44,9 @@ TEST(Find, MatchesStringFindEverywhere) {
     }
     bool want = std::string_view(hay).find(needle) != std::string_view::npos;
     ASSERT_EQ(contains(hay, needle), want) << "hay '" << hay << "' needle '" << needle << "'";
+    size_t from = rng() % (hay.size() + 2);  // (past the end too)
+    ASSERT_EQ(aicloud::find(hay, needle, from), std::string_view(hay).find(needle, from))
+        << "hay '" << hay << "' needle '" << needle << "' from " << from;
     found += want;
   }
   EXPECT_GT(found, 2000);  // both outcomes were exercised

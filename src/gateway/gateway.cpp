@@ -278,16 +278,22 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     std::string_view s = d;
     if (!sse_buf.empty()) s = sse_buf.append(d);
     const size_t before = to_client.size();
+    // The usage prefilter runs once over what the read brought, not once per event: the next
+    // "usage" key's position, moved on past each event that holds it.
+    constexpr std::string_view kUsageKey = "\"usage\"";
+    size_t usage_at = find(s, kUsageKey);
     size_t at = 0, run = 0;  // events [run, at) are kept, not yet appended to to_client
     for (size_t pos; (pos = s.find("\n\n", at)) != std::string_view::npos; at = pos + 2) {
       std::string_view ev = s.substr(at, pos + 2 - at);
+      const bool has_usage = usage_at < pos;  // (usage_at >= at: earlier events moved it on)
+      if (has_usage) usage_at = find(s, kUsageKey, pos + 2);
       bool keep = true;
       if (ev.starts_with("data: ")) {
         std::string_view payload = ev.substr(6, ev.size() - 8);
         if (payload == "[DONE]") {
           held.append(ev);
           keep = false;
-        } else if (contains(payload, "\"usage\"")) {
+        } else if (has_usage) {
           UsageSeen u;
           if (scan_usage(payload, u) && u.usage) {
             take_usage(u, rec);
