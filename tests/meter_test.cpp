@@ -213,11 +213,11 @@ TEST_P(MeterModes, ARecordIsAcknowledgedWhereItsModeSays) {
   auto store = open_store(d, GetParam());
   Meter m(*store, options(d, GetParam(), 3600s));
   std::atomic<int> acked{0};
-  std::atomic<bool> on_caller{true};
+  std::atomic<bool> on_caller{true}, returned{false};  // (read by callbacks that may outlive an iteration)
+  const auto caller = std::this_thread::get_id();
   for (int i = 0; i < 10; ++i) {
-    bool returned = false;
-    const auto caller = std::this_thread::get_id();
-    m.record(record(i), [&, caller](bool ok) {
+    returned = false;
+    m.record(record(i), [&](bool ok) {
       acked += ok;
       if (std::this_thread::get_id() != caller) on_caller = false;
       if (!GetParam()) {
@@ -256,11 +256,15 @@ TEST_P(MeterModes, ARecordTheJournalCannotTakeIsRefusedAndNotFolded) {
     if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(2);
     std::atomic<int> answered{0};
     auto ack = ack_on(fd);
+    std::vector<char> refused(1000, 0);  // (outlives the syncer's later acknowledgements)
     for (int i = 0; i < 1000; ++i) {
-      m.record(record(i), [&](bool ok) {
+      UsageRecord r = record(i);
+      m.record(std::move(r), [&ack, &answered, &refused, i](bool ok) {
         ack(ok);
+        if (!ok) refused[size_t(i)] = 1;  // (reported before record() returns)
         ++answered;
       });
+      if (refused[size_t(i)] && r.request_id != "req_" + std::to_string(i)) _exit(5);  // a refused record is left whole
     }
     for (int i = 0; answered < 1000 && i < 10000; ++i) std::this_thread::sleep_for(1ms);
     if (answered < 1000) _exit(4);

@@ -396,16 +396,15 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     rec.ts_ms = now_ms();
     rec.latency_ms = rec.ts_ms - t0_ms;
     auto self = shared_from_this();
-    // Journaled on this io thread (metering/meter.h). rec is not read again (its request id goes
-    // with the callback, for the answer when the journal could not take it); its status (an int)
-    // stays set, so a second finish_record still returns.
-    std::string request_id = rec.request_id;
-    gw.meter_.record(std::move(rec), [self, deliver = std::move(deliver), request_id = std::move(request_id)](bool durable) {
+    // Journaled on this io thread (metering/meter.h), which moves rec only once it is journaled:
+    // a refused record keeps its request id for the answer below. Its status (an int) stays
+    // set either way, so a second finish_record still returns.
+    gw.meter_.record(std::move(rec), [self, deliver = std::move(deliver)](bool durable) {
       if (!deliver) return;
       if (durable) return deliver();
       http::Response r = error_reply(
           ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"),
-          request_id);
+          self->rec.request_id);
       if (self->head_sent) {
         self->emit("data: " + r.body + "\n\n", true);
       } else {

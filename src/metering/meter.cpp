@@ -42,12 +42,7 @@ std::string sys_error(const std::string& what) { return what + ": " + std::strer
 
 }  // namespace
 
-Meter::Segment::~Segment() {
-  if (map) ::munmap(map, map_len);
-  if (fd >= 0) ::close(fd);
-}
-
-Meter::Spare::~Spare() {
+Meter::File::~File() {
   if (map) ::munmap(map, map_len);
   if (fd >= 0) ::close(fd);
 }
@@ -80,9 +75,9 @@ Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(o
     s->number = number;
     s->path = path;
     s->in_memory = false;
-    s->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    s->file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat st {};
-    if (s->fd < 0 || ::fstat(s->fd, &st) != 0) throw std::runtime_error(sys_error("cannot read " + path));
+    if (s->file.fd < 0 || ::fstat(s->file.fd, &st) != 0) throw std::runtime_error(sys_error("cannot read " + path));
     s->size = uint64_t(st.st_size);
     unfolded_.push_back(std::move(s));
   }
@@ -143,34 +138,33 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
     Spare& sp = spares_.back();
     if (::rename(sp.path.c_str(), s->path.c_str()) != 0) throw std::runtime_error(sys_error("cannot reuse " + sp.path));
     // Still open, and mapped if it was: a rename leaves both as they are.
-    s->fd = std::exchange(sp.fd, -1);
-    s->map = std::exchange(sp.map, nullptr);
-    s->map_len = std::exchange(sp.map_len, 0);
+    s->file = std::move(sp.file);
     s->records = std::move(sp.records);
     spares_.pop_back();
   } else {
     flags |= O_CREAT | O_TRUNC;
   }
-  if (s->fd < 0) s->fd = ::open(s->path.c_str(), flags, 0600);
-  if (s->fd < 0) throw std::runtime_error(sys_error("cannot open " + s->path));
+  File& f = s->file;
+  if (f.fd < 0) f.fd = ::open(s->path.c_str(), flags, 0600);
+  if (f.fd < 0) throw std::runtime_error(sys_error("cannot open " + s->path));
   // Frames are copied into a shared mapping of the file's first map_bytes rather than written
   // with pwrite, which was a system call per batch (about a third of one per proxied request
   // under load) made by the io threads while they held mu_. That part is allocated first (a
   // no-op for a reused file), so that a copy never needs a block the disk no longer has: a write
   // to a shared mapping that cannot get one is a SIGBUS, not an error. Where it cannot be
   // allocated (a full disk), or past it, frames are written with pwrite.
-  if (!s->map && opts_.map_bytes > 0 && ::posix_fallocate(s->fd, 0, off_t(opts_.map_bytes)) == 0) {
-    void* m = ::mmap(nullptr, opts_.map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+  if (!f.map && opts_.map_bytes > 0 && ::posix_fallocate(f.fd, 0, off_t(opts_.map_bytes)) == 0) {
+    void* m = ::mmap(nullptr, opts_.map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, 0);
     if (m != MAP_FAILED) {
-      s->map = static_cast<char*>(m);
-      s->map_len = opts_.map_bytes;
+      f.map = static_cast<char*>(m);
+      f.map_len = opts_.map_bytes;
     }
   }
   fsync_dir();  // the name must be durable before a record under it is acknowledged
   return s;
 }
 
-void Meter::record(UsageRecord r, std::function<void(bool)> on_durable) {
+void Meter::record(UsageRecord&& r, std::function<void(bool)> on_durable) {
   thread_local std::string frame;
   auto t0 = std::chrono::steady_clock::now();
   std::unique_lock lk(mu_);
@@ -181,11 +175,11 @@ void Meter::record(UsageRecord r, std::function<void(bool)> on_durable) {
   // survives the process's kill -9, and fdatasync (the syncer) writes it out like any other.
   // (So a record costs no system call, and io threads journal each as it finishes rather than
   // gathering a loop turn's records into one write, as they did when each write was a pwrite.)
-  bool written = s.size + frame.size() <= s.map_len;
+  bool written = s.size + frame.size() <= s.file.map_len;
   if (written) {
-    std::memcpy(s.map + s.size, frame.data(), frame.size());
+    std::memcpy(s.file.map + s.size, frame.data(), frame.size());
   } else {
-    written = pwrite_all(s.fd, frame, s.size);
+    written = pwrite_all(s.file.fd, frame, s.size);
   }
   if (!written) {
     // The size is not advanced: the next write overwrites whatever part of it got out.
@@ -236,7 +230,7 @@ void Meter::sync_loop() {
     uint64_t upto = seg->size;
     lk.unlock();
     auto t0 = std::chrono::steady_clock::now();
-    bool ok = ::fdatasync(seg->fd) == 0;
+    bool ok = ::fdatasync(seg->file.fd) == 0;
     commit_us_ += micros_since(t0);
     ++commits_;
     if (ok) {
@@ -294,7 +288,7 @@ void Meter::fold_now(bool last) {
       retired = std::exchange(active_, std::move(next));
     }
     sync_cv_.notify_one();  // a syncer waiting out a failure moves on to the new segment
-    if (opts_.fsync && ::fdatasync(retired->fd) == 0) complete(*retired, UINT64_MAX, true);
+    if (opts_.fsync && ::fdatasync(retired->file.fd) == 0) complete(*retired, UINT64_MAX, true);
     unfolded_.push_back(std::move(retired));
   }
   while (!unfolded_.empty()) {
@@ -315,10 +309,8 @@ void Meter::fold_now(bool last) {
     sp.path = s->path;
     // Kept open and mapped if nothing else holds the segment (the syncer may, for a moment, to
     // sync it) and it is this process's own (opened for writing).
-    if (s.use_count() == 1 && s->in_memory && s->fd >= 0) {
-      sp.fd = std::exchange(s->fd, -1);
-      sp.map = std::exchange(s->map, nullptr);
-      sp.map_len = std::exchange(s->map_len, 0);
+    if (s.use_count() == 1 && s->in_memory && s->file.fd >= 0) {
+      sp.file = std::move(s->file);
       size_t used = s->records.size();
       sp.records = std::move(s->records);
       sp.records.clear();
@@ -338,7 +330,7 @@ void Meter::fold(Segment& s) {
   if (!s.in_memory) {
     std::string data(s.size, '\0');
     for (size_t got = 0; got < data.size();) {
-      ssize_t n = ::pread(s.fd, data.data() + got, data.size() - got, off_t(got));
+      ssize_t n = ::pread(s.file.fd, data.data() + got, data.size() - got, off_t(got));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) throw std::runtime_error(sys_error("read " + s.path));
       if (n == 0) {

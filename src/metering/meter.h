@@ -53,8 +53,9 @@ class Meter {
 
   // Journals r; on_durable(true) runs once it is durable (under fsync=false before record
   // returns, on the calling thread; else on the syncer thread), on_durable(false) if it could not
-  // be written (logged): the request must not be reported as completed and billed.
-  void record(UsageRecord r, std::function<void(bool durable)> on_durable = nullptr);
+  // be written (logged): the request must not be reported as completed and billed. r is moved
+  // from only once it is journaled: a refused record is left as it was, for the caller's answer.
+  void record(UsageRecord&& r, std::function<void(bool durable)> on_durable = nullptr);
 
   // Folds every record journaled so far into the store; returns when they are readable there.
   void flush();
@@ -72,12 +73,26 @@ class Meter {
     uint64_t end;  // the segment offset the record's frame ends at
     std::function<void(bool)> done;
   };
+  // An open journal file and a shared mapping of its first map_len bytes (none: pwrite only).
+  // Owned: closed and unmapped when destroyed; handed on by moving.
+  struct File {
+    int fd = -1;
+    char* map = nullptr;
+    size_t map_len = 0;
+    File() = default;
+    File(File&& o) noexcept { *this = std::move(o); }
+    File& operator=(File&& o) noexcept {
+      std::swap(fd, o.fd);
+      std::swap(map, o.map);
+      std::swap(map_len, o.map_len);
+      return *this;
+    }
+    ~File();
+  };
   struct Segment {
     uint64_t number = 0;
     std::string path;
-    int fd = -1;
-    char* map = nullptr;           // the file's first map_len bytes, shared (none: pwrite only)
-    size_t map_len = 0;
+    File file;
     uint64_t size = 0;             // bytes of frames written (guarded by mu_)
     std::deque<Waiter> waiters;    // unsynced records, by end (guarded by mu_)
     // in_memory: records holds the records of those frames (appended under mu_ while the
@@ -86,7 +101,6 @@ class Meter {
     // records are dropped, so that a store that stays unwritable does not fill memory).
     std::vector<UsageRecord> records;
     bool in_memory = true;
-    ~Segment();
   };
 
   std::string path_of(uint64_t number) const;
@@ -119,16 +133,8 @@ class Meter {
   // faults, the largest kernel cost the gateway had beyond nginx's (docs/PERFORMANCE.md §5).
   struct Spare {
     std::string path;
-    int fd = -1;  // -1: only the file (one of an earlier process, opened read-only)
-    char* map = nullptr;
-    size_t map_len = 0;
+    File file;  // not open: only the file (one of an earlier process, opened read-only)
     std::vector<UsageRecord> records;
-    Spare() = default;
-    Spare(Spare&& o) noexcept
-        : path(std::move(o.path)), fd(std::exchange(o.fd, -1)), map(std::exchange(o.map, nullptr)),
-          map_len(std::exchange(o.map_len, 0)), records(std::move(o.records)) {}
-    Spare& operator=(Spare&&) = delete;
-    ~Spare();
   };
   std::deque<Spare> spares_;                       // folded files to reuse
   std::condition_variable fold_cv_;
