@@ -69,6 +69,8 @@ class Upstream : public Handler {
         s->write("data: 1\n\n");
         s->end();
       }).detach();
+    } else if (req.target() == "/ended") {  // a stream whose end is given with its head
+      s->head(stream_head(200, "text/event-stream"), "data: 1\n\ndata: [DONE]\n\n", true);
     } else if (req.target() == "/stream") {
       std::thread([s] {
         s->head(stream_head(200, "text/event-stream", {{"x-upstream", "yes"}}));
@@ -364,6 +366,26 @@ TEST_F(StreamProxy, RequestsPipelinedDuringAStreamAreAnsweredInOrder) {
 // Short streams back to back on kept-alive connections, ending around the moment the watch is
 // armed: each next request is read (a response that ends while the watch reads must not leave
 // two reads on one connection, or none).
+// A stream that has ended by the time its head goes out is sent whole, with its length (as
+// nginx relays an upstream's Content-Length); one still being produced is chunked.
+TEST_F(StreamProxy, AStreamIsChunkedOnlyWhileItsEndIsNotKnown) {
+  RawConn conn(up_srv->url());
+  ASSERT_TRUE(conn.send("GET /ended HTTP/1.1\r\nHost: x\r\n\r\n"));
+  RawResponse ended = conn.read_response(10s);
+  ASSERT_TRUE(ended.got_response);
+  EXPECT_EQ(ended.status, 200u);
+  EXPECT_EQ(ended.header("content-type"), "text/event-stream");
+  EXPECT_EQ(ended.header("content-length"), "23");
+  EXPECT_EQ(ended.header("transfer-encoding"), "");
+  EXPECT_EQ(ended.body, "data: 1\n\ndata: [DONE]\n\n");
+  ASSERT_TRUE(conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));  // the same connection goes on
+  RawResponse paced = conn.read_response(10s);
+  ASSERT_TRUE(paced.got_response);
+  EXPECT_EQ(paced.header("transfer-encoding"), "chunked");
+  EXPECT_EQ(paced.header("content-length"), "");
+  EXPECT_NE(paced.body.find("data: 4\n\ndata: [DONE]\n\n"), std::string::npos);
+}
+
 TEST_F(StreamProxy, ShortStreamsBackToBackAllComplete) {
   std::vector<std::thread> clients;
   std::atomic<int> ok{0};

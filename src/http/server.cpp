@@ -468,9 +468,15 @@ class Session : public std::enable_shared_from_this<Session> {
       pending_ += p.data;
     }
     if (p.head) {
-      if (!p.streaming) {  // the whole response at once
+      // The whole response at once: a reply, or a stream that had ended by the time its head
+      // went out (a short answer, or one the producer held until its end). The latter is sent
+      // with a Content-Length, as nginx relays an upstream's framing: the client gets the same
+      // bytes without chunk framing to take apart.
+      if (!p.streaming || p.end) {
         auto s = std::move(out_);
         Response whole = std::move(*p.head);
+        if (p.streaming) whole.body = std::move(pending_);
+        pending_.clear();
         whole.close = whole.close || out_close_;
         return write_owned(std::move(whole), out_version_, std::move(s));
       }
