@@ -481,7 +481,7 @@ TEST(Store, DatabaseFromANewerBinaryIsRefused) {
 
 // The fold appends usage records many to a statement: every row keeps its own values, through
 // full statements and the rest; usage records do not move the objects' write generation.
-TEST(Store, UsageRecordsAppendEveryRowWhole) {
+TEST(Store, UsageRecordsAreKeptWithEveryField) {
   TempDir d;
   auto s = open_store(d);
   auto batch = [](int from, int n) {
@@ -500,19 +500,97 @@ TEST(Store, UsageRecordsAppendEveryRowWhole) {
     return v;
   };
   uint64_t gen = s->write_generation();
-  s->write([&](Tx& tx) { tx.usage_append(batch(0, 75)); });  // two statements of 32 rows, then 11 one by one
+  s->write([&](Tx& tx) { tx.usage_append(batch(0, 75)); });
   s->write([&](Tx& tx) { tx.usage_append(batch(75, 5)); });
   s->write([&](Tx& tx) { tx.usage_append({}); });
   // Object caches (the rate limiter's table) are not told to reload by the meter's folds.
   EXPECT_EQ(s->write_generation(), gen);
+  // Kept as per-second sums: the 80 records (ts 1000..1079 ms, all in second 1) have 80 keys, so
+  // 80 rows; what a second row of the same group adds goes into its sums (below).
   std::string path = db_path(d);
-  EXPECT_EQ(raw_sql(path, "SELECT COUNT(*) FROM usage_records"), 80);
-  EXPECT_EQ(raw_sql(path, "SELECT COUNT(*) FROM usage_records WHERE request_id = 'req_' || input_tokens AND "
-                          "api_key_id = 'key_' || input_tokens AND project_id = 'proj_' || (input_tokens % 3) AND "
-                          "org_id = 'org_' || (input_tokens % 2) AND ts_ms = 1000 + input_tokens AND "
-                          "output_tokens = 2 * input_tokens AND cached_tokens = input_tokens % 5"),
+  EXPECT_EQ(raw_sql(path, "SELECT COUNT(*) FROM usage_seconds"), 80);
+  EXPECT_EQ(raw_sql(path, "SELECT COUNT(*) FROM usage_seconds WHERE api_key_id = 'key_' || input_tokens AND "
+                          "project_id = 'proj_' || (input_tokens % 3) AND org_id = 'org_' || (input_tokens % 2) AND "
+                          "ts_s = 1 AND requests = 1 AND output_tokens = 2 * input_tokens AND "
+                          "cached_tokens = input_tokens % 5 AND latency_ms = 7 AND status = 200"),
             80);
-  EXPECT_EQ(raw_sql(path, "SELECT SUM(input_tokens) FROM usage_records"), 79 * 80 / 2);
+  EXPECT_EQ(raw_sql(path, "SELECT SUM(input_tokens) FROM usage_seconds"), 79 * 80 / 2);
+}
+
+// Records of one group are summed, within one append and across appends (a second's records
+// are folded in several journal segments); a new second, status or key is a row of its own.
+TEST(Store, UsageOfOneSecondAndGroupIsSummedAcrossAppends) {
+  TempDir d;
+  auto s = open_store(d);
+  auto rec = [](int64_t ts_ms, std::string key, int status, int64_t in) {
+    UsageRecord r;
+    r.ts_ms = ts_ms, r.org_id = "org_a", r.project_id = "proj_a", r.api_key_id = std::move(key), r.model = "m";
+    r.deployment_id = "dep", r.region = "local", r.endpoint = "completions", r.status = status;
+    r.input_tokens = in, r.output_tokens = 2 * in, r.cached_tokens = 1, r.latency_ms = 10;
+    return r;
+  };
+  s->write([&](Tx& tx) {
+    tx.usage_append({rec(5'000, "k1", 200, 1), rec(5'999, "k1", 200, 2), rec(5'500, "k2", 200, 4),
+                     rec(5'100, "k1", 200, 8), rec(6'000, "k1", 200, 16), rec(5'200, "k1", 429, 32)});
+  });
+  s->write([&](Tx& tx) { tx.usage_append({rec(5'300, "k1", 200, 64), rec(6'999, "k1", 200, 128)}); });
+  std::string path = db_path(d);
+  EXPECT_EQ(raw_sql(path, "SELECT COUNT(*) FROM usage_seconds"), 4);
+  EXPECT_EQ(raw_sql(path, "SELECT requests FROM usage_seconds WHERE ts_s = 5 AND api_key_id = 'k1' AND status = 200"), 4);
+  EXPECT_EQ(raw_sql(path, "SELECT input_tokens FROM usage_seconds WHERE ts_s = 5 AND api_key_id = 'k1' AND status = 200"),
+            1 + 2 + 8 + 64);
+  EXPECT_EQ(raw_sql(path, "SELECT output_tokens + cached_tokens + latency_ms FROM usage_seconds WHERE ts_s = 5 AND "
+                          "api_key_id = 'k1' AND status = 200"),
+            2 * 75 + 4 + 40);
+  EXPECT_EQ(raw_sql(path, "SELECT input_tokens FROM usage_seconds WHERE ts_s = 6"), 16 + 128);
+  // The usage API's sums: second 5 alone, then seconds 5 and 6 in one bucket, by key.
+  UsageQuery q;
+  q.org_id = "org_a", q.start_ms = 5'000, q.end_ms = 6'000, q.bucket_ms = 60'000;
+  auto rows = s->read([&](Tx& tx) { return tx.usage_sum(q); });
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].requests, 6);
+  EXPECT_EQ(rows[0].input_tokens, 1 + 2 + 4 + 8 + 32 + 64);
+  q.end_ms = 7'000, q.by_key = true;
+  rows = s->read([&](Tx& tx) { return tx.usage_sum(q); });
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].api_key_id, "k1");
+  EXPECT_EQ(rows[0].requests, 7);
+  EXPECT_EQ(rows[0].input_tokens, 1 + 2 + 8 + 16 + 32 + 64 + 128);
+  EXPECT_EQ(rows[0].bucket_start_ms, 5'000);
+  EXPECT_EQ(rows[1].api_key_id, "k2");
+  EXPECT_EQ(rows[1].requests, 1);
+}
+
+// A database from before usage was kept per second (schema 3): its per-request rows become
+// per-second sums when it is opened, and the usage API reads the same totals as before.
+TEST(Store, PerRequestUsageRowsOfAnOlderDatabaseBecomeSums) {
+  TempDir d;
+  std::filesystem::create_directories(std::filesystem::path(db_path(d)).parent_path());
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(db_path(d).c_str(), &db), SQLITE_OK);
+    for (size_t v = 0; v < 3; ++v) ASSERT_EQ(sqlite3_exec(db, sqlite_migrations()[v].c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+    std::string sql = "PRAGMA user_version=3;";
+    for (int i = 0; i < 10; ++i) {  // ts 0..9 s apart by 250 ms: seconds 0, 1 and 2 hold 4, 4 and 2
+      sql += "INSERT INTO usage_records(ts_ms, org_id, project_id, api_key_id, model, deployment_id, region, endpoint, "
+             "input_tokens, output_tokens, cached_tokens, latency_ms, status, request_id) VALUES(" +
+             std::to_string(i * 250) + ", 'org_a', 'p', 'k', 'm', 'd', 'r', 'completions', " + std::to_string(i) +
+             ", 1, 0, 5, 200, 'req_" + std::to_string(i) + "');";
+    }
+    ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  auto s = open_store(d);
+  UsageQuery q;
+  q.org_id = "org_a", q.start_ms = 0, q.end_ms = 3'000, q.bucket_ms = 1'000;
+  auto rows = s->read([&](Tx& tx) { return tx.usage_sum(q); });
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].requests, 4);
+  EXPECT_EQ(rows[0].input_tokens, 0 + 1 + 2 + 3);
+  EXPECT_EQ(rows[1].input_tokens, 4 + 5 + 6 + 7);
+  EXPECT_EQ(rows[2].requests, 2);
+  EXPECT_EQ(rows[2].bucket_start_ms, 2'000);
+  EXPECT_EQ(raw_sql(db_path(d), "SELECT COUNT(*) FROM sqlite_master WHERE name = 'usage_records'"), 0);
 }
 
 TEST(Store, ReopenKeepsData) {

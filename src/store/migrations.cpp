@@ -81,6 +81,38 @@ CREATE TABLE usage_journal (
 );
 INSERT INTO usage_journal(id, folded_segment) VALUES (1, 0);
 )sql",
+      // 3 -> 4: usage kept as per-second sums instead of one row per request. A row per request
+      // cost the fold ~10,000 instructions of SQLite's per record (two b-trees, 14 columns), on
+      // the gateway's own CPUs, and grew by a row per request (864 million a day at 10,000
+      // requests/s) for a usage API that only ever reads sums over whole seconds (its buckets are
+      // 1m, 1h and 1d from a start in unix seconds). A second's sums answer every such query
+      // exactly. What a request's row had beyond its sums (its id and latency) is in the
+      // gateway's access log; the latency is kept here as a sum, for means.
+      R"sql(
+CREATE TABLE usage_seconds (
+  org_id         TEXT NOT NULL,
+  ts_s           INTEGER NOT NULL,
+  project_id     TEXT NOT NULL,
+  api_key_id     TEXT NOT NULL,
+  model          TEXT NOT NULL,
+  deployment_id  TEXT NOT NULL,
+  region         TEXT NOT NULL,
+  endpoint       TEXT NOT NULL,
+  status         INTEGER NOT NULL,
+  requests       INTEGER NOT NULL,
+  input_tokens   INTEGER NOT NULL,
+  output_tokens  INTEGER NOT NULL,
+  cached_tokens  INTEGER NOT NULL,
+  latency_ms     INTEGER NOT NULL,
+  PRIMARY KEY (org_id, ts_s, project_id, api_key_id, model, deployment_id, region, endpoint, status)
+) WITHOUT ROWID;
+INSERT INTO usage_seconds
+  SELECT org_id, ts_ms / 1000, project_id, api_key_id, model, deployment_id, region, endpoint, status, COUNT(*),
+         SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(latency_ms)
+  FROM usage_records
+  GROUP BY org_id, ts_ms / 1000, project_id, api_key_id, model, deployment_id, region, endpoint, status;
+DROP TABLE usage_records;
+)sql",
   };
   return m;
 }

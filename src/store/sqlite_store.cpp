@@ -143,23 +143,58 @@ struct Stmt {
 
 constexpr const char* kObjCols = "seq, kind, id, org_id, project_id, parent_id, lookup, created_at, version, data";
 
-// Usage records go in kUsageRows to an INSERT (SqliteTx::usage_append).
-constexpr size_t kUsageRows = 32;
+// Usage is kept as per-second sums (migration 3 -> 4): the records of one usage_append are
+// summed per second and per (organization, project, key, model, deployment, region, endpoint,
+// status) in memory, and each sum is added to its row with one upsert. A fold of a busy gateway
+// (thousands of records, a few keys and models) is then a handful of rows, not a row per record.
+struct UsageSum {
+  const UsageRecord* first;  // the group's texts (and its status)
+  int64_t ts_s = 0;
+  int64_t requests = 0, input_tokens = 0, output_tokens = 0, cached_tokens = 0, latency_ms = 0;
+};
 
-std::string usage_insert_sql(size_t rows) {
-  std::string sql =
-      "INSERT INTO usage_records(ts_ms, org_id, project_id, api_key_id, model, deployment_id, region, endpoint, "
-      "input_tokens, output_tokens, cached_tokens, latency_ms, status, request_id) VALUES";
-  for (size_t i = 0; i < rows; ++i) sql += i ? ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?)" : "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-  return sql;
+int64_t second_of(int64_t ms) { return ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000); }  // floor
+
+bool same_group(const UsageSum& g, const UsageRecord& r, int64_t ts_s) {
+  const UsageRecord& f = *g.first;
+  return g.ts_s == ts_s && f.status == r.status && f.api_key_id == r.api_key_id && f.model == r.model &&
+         f.project_id == r.project_id && f.org_id == r.org_id && f.deployment_id == r.deployment_id &&
+         f.region == r.region && f.endpoint == r.endpoint;
 }
 
-// One record's values, in usage_insert_sql's column order. The text is bound in place rather
-// than copied (seven strings per record): the Stmt clears it before r can change.
-void bind_usage(Stmt& st, const UsageRecord& r) {
-  st.bind(r.ts_ms).bind_static(r.org_id).bind_static(r.project_id).bind_static(r.api_key_id).bind_static(r.model);
-  st.bind_static(r.deployment_id).bind_static(r.region).bind_static(r.endpoint).bind(r.input_tokens);
-  st.bind(r.output_tokens).bind(r.cached_tokens).bind(r.latency_ms).bind(int64_t(r.status)).bind_static(r.request_id);
+// The groups of records, in the order each first appears. Records mostly come in runs of one
+// group (a fold holds a fraction of a second of a few keys' traffic), so each is compared with
+// the group of the record before it first; the map is for the rest.
+std::vector<UsageSum> usage_sums(const std::vector<UsageRecord>& records) {
+  std::vector<UsageSum> groups;
+  std::unordered_map<std::string, size_t> index;
+  std::string key;
+  size_t last = 0;
+  for (const UsageRecord& r : records) {
+    const int64_t ts_s = second_of(r.ts_ms);
+    size_t at;
+    if (!groups.empty() && same_group(groups[last], r, ts_s)) {
+      at = last;
+    } else {
+      key.clear();
+      for (const std::string* t : {&r.org_id, &r.project_id, &r.api_key_id, &r.model, &r.deployment_id, &r.region,
+                                   &r.endpoint}) {
+        key.append(std::to_string(t->size())).append(":").append(*t);
+      }
+      key.append(std::to_string(ts_s)).append("/").append(std::to_string(r.status));
+      auto [it, added] = index.try_emplace(key, groups.size());
+      if (added) groups.push_back(UsageSum{&r, ts_s});
+      at = it->second;
+    }
+    UsageSum& g = groups[at];
+    ++g.requests;
+    g.input_tokens += r.input_tokens;
+    g.output_tokens += r.output_tokens;
+    g.cached_tokens += r.cached_tokens;
+    g.latency_ms += r.latency_ms;
+    last = at;
+  }
+  return groups;
 }
 
 Object read_object(Stmt& st) {
@@ -360,25 +395,22 @@ class SqliteTx final : public Tx {
 
   void usage_append(const std::vector<UsageRecord>& records) override {
     require_write();
-    // Rows go in kUsageRows to a statement: the per-statement work (its start and end in the VM,
-    // the reset) was about a quarter of a row's cost when each row had its own (the fold runs
-    // once per usage record, on the server's CPUs). The texts are built once.
-    static const std::string one_sql = usage_insert_sql(1), many_sql = usage_insert_sql(kUsageRows);
-    size_t i = 0;
-    if (records.size() >= kUsageRows) {
-      Stmt many(*conn_, many_sql);
-      for (; records.size() - i >= kUsageRows; i += kUsageRows) {
-        for (size_t j = i; j < i + kUsageRows; ++j) bind_usage(many, records[j]);
-        many.step();
-        many.rebind();
-      }
-    }
-    if (i == records.size()) return;
-    Stmt one(*conn_, one_sql);
-    for (; i < records.size(); ++i) {
-      bind_usage(one, records[i]);
-      one.step();
-      one.rebind();
+    if (records.empty()) return;
+    Stmt st(*conn_,
+            "INSERT INTO usage_seconds(org_id, ts_s, project_id, api_key_id, model, deployment_id, region, endpoint, "
+            "status, requests, input_tokens, output_tokens, cached_tokens, latency_ms) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(org_id, ts_s, project_id, api_key_id, model, deployment_id, region, endpoint, status) DO UPDATE SET "
+            "requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens, "
+            "output_tokens = output_tokens + excluded.output_tokens, "
+            "cached_tokens = cached_tokens + excluded.cached_tokens, latency_ms = latency_ms + excluded.latency_ms");
+    for (const UsageSum& g : usage_sums(records)) {
+      const UsageRecord& r = *g.first;
+      st.bind_static(r.org_id).bind(g.ts_s).bind_static(r.project_id).bind_static(r.api_key_id).bind_static(r.model);
+      st.bind_static(r.deployment_id).bind_static(r.region).bind_static(r.endpoint).bind(int64_t(r.status));
+      st.bind(g.requests).bind(g.input_tokens).bind(g.output_tokens).bind(g.cached_tokens).bind(g.latency_ms);
+      st.step();
+      st.rebind();
     }
   }
   uint64_t usage_folded_segment() override {
@@ -396,17 +428,19 @@ class SqliteTx final : public Tx {
     if (q.by_key) groups += ", api_key_id";
     if (q.by_model) groups += ", model";
     std::string sql =
-        "SELECT (ts_ms - ?) / ? AS b, " + std::string(q.by_project ? "project_id" : "''") + ", " +
+        "SELECT (ts_s * 1000 - ?) / ? AS b, " + std::string(q.by_project ? "project_id" : "''") + ", " +
         (q.by_key ? "api_key_id" : "''") + ", " + (q.by_model ? "model" : "''") +
-        ", SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), COUNT(*) FROM usage_records "
-        "WHERE org_id=? AND ts_ms>=? AND ts_ms<?";
+        ", SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(requests) FROM usage_seconds "
+        "WHERE org_id=? AND ts_s>=? AND ts_s<?";
     if (!q.project_id.empty()) sql += " AND project_id=?";
     if (!q.api_key_id.empty()) sql += " AND api_key_id=?";
     if (!q.model.empty()) sql += " AND model=?";
     if (!q.endpoint.empty()) sql += " AND endpoint=?";
     sql += " GROUP BY " + groups + " ORDER BY " + groups;
     Stmt st(*conn_, sql);
-    st.bind(q.start_ms).bind(q.bucket_ms).bind(q.org_id).bind(q.start_ms).bind(q.end_ms);
+    // The seconds whose start is in [start_ms, end_ms).
+    const int64_t first_s = -second_of(-q.start_ms), end_s = -second_of(-q.end_ms);  // (ceilings)
+    st.bind(q.start_ms).bind(q.bucket_ms).bind(q.org_id).bind(first_s).bind(end_s);
     if (!q.project_id.empty()) st.bind(q.project_id);
     if (!q.api_key_id.empty()) st.bind(q.api_key_id);
     if (!q.model.empty()) st.bind(q.model);

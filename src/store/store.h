@@ -88,6 +88,9 @@ struct UsageRecord {
 };
 
 // Usage summed per time bucket (and optionally per project, key, model) for one organization.
+// Usage is kept per second: a record counts in the second its ts_ms falls in, and a query
+// takes the seconds that start in [start_ms, end_ms) (exact for whole-second bounds and widths,
+// as the usage API's are).
 struct UsageQuery {
   std::string org_id;
   int64_t start_ms = 0, end_ms = 0;  // [start, end)
@@ -128,9 +131,10 @@ class Tx {
   virtual std::optional<IdempotencyRecord> idempotency_get(std::string_view scope, std::string_view key) = 0;
   virtual void idempotency_put(std::string_view scope, std::string_view key, const IdempotencyRecord& r) = 0;
 
-  // Appends the records in order (their seq is not set: nothing reads it back).
+  // Adds the records to the usage kept: per-second sums per organization, project, key, model,
+  // deployment, region, endpoint and status (a record's request id is not kept).
   virtual void usage_append(const std::vector<UsageRecord>& records) = 0;
-  // The newest usage journal segment whose records are in usage_records (0: none yet).
+  // The newest usage journal segment whose records have been added (0: none yet).
   virtual uint64_t usage_folded_segment() = 0;
   virtual void set_usage_folded_segment(uint64_t segment) = 0;
   // Rows ordered by bucket, then by the grouping columns; empty buckets are not returned.
