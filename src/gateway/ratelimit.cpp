@@ -1,9 +1,11 @@
 #include "gateway/ratelimit.h"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "util/log.h"
 #include "util/thread_name.h"
@@ -17,9 +19,10 @@ int64_t steady_ms() {
       .count();
 }
 
-std::string bucket_key(char scope, const std::string& id, const std::string& model, char what) {
-  std::string k;
-  k.reserve(id.size() + model.size() + 6);
+// Written into k, a per-thread buffer (its capacity kept): a bucket's key is longer than a
+// string's inline capacity, so building one per lookup was an allocation, four per request.
+void bucket_key(std::string& k, char scope, const std::string& id, const std::string& model, char what) {
+  k.clear();
   k += scope;
   k += '\x1f';
   k += id;
@@ -27,8 +30,8 @@ std::string bucket_key(char scope, const std::string& id, const std::string& mod
   k += model;
   k += '\x1f';
   k += what;
-  return k;
 }
+thread_local std::string tl_key;
 
 // Milliseconds until a bucket refilling at capacity/min holds `need`.
 int64_t ms_until(double level, double need, int64_t capacity) {
@@ -174,11 +177,18 @@ RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const 
     Bucket* b;
     int64_t cap;
   };
-  std::vector<Use> req, tok;
-  auto use = [&](std::vector<Use>& v, char scope, const std::string& id, char what, int64_t cap) {
-    Bucket& b = buckets_[bucket_key(scope, id, model, what)];
+  // The project's bucket and the key's of each kind (two at most: no allocation).
+  struct Uses {
+    std::array<Use, 2> a;
+    size_t n = 0;
+    const Use* begin() const { return a.data(); }
+    const Use* end() const { return a.data() + n; }
+  } req, tok;
+  auto use = [&](Uses& v, char scope, const std::string& id, char what, int64_t cap) {
+    bucket_key(tl_key, scope, id, model, what);
+    Bucket& b = buckets_[tl_key];
     refill(b, cap, now);
-    v.push_back({&b, cap});
+    v.a[v.n++] = {&b, cap};
   };
   use(req, 'p', project_id, 'r', lim.requests_per_minute);
   use(tok, 'p', project_id, 't', lim.tokens_per_minute);
@@ -209,7 +219,7 @@ RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const 
     d.reserved_tokens = tokens;
   }
   // Report the most constraining bucket of each kind.
-  auto report = [](const std::vector<Use>& v, int64_t& limit, int64_t& remaining, int64_t& reset) {
+  auto report = [](const Uses& v, int64_t& limit, int64_t& remaining, int64_t& reset) {
     bool first = true;
     for (const Use& u : v) {
       int64_t rem = std::max<int64_t>(0, int64_t(std::floor(u.b->level)));
@@ -232,8 +242,9 @@ void RateLimiter::settle(const std::string& project_id, const std::string& key_i
   if (diff == 0) return;
   int64_t now = steady_ms();
   std::lock_guard lk(mu_);
-  for (const std::string& k : {bucket_key('p', project_id, model, 't'), bucket_key('k', key_id, model, 't')}) {
-    auto it = buckets_.find(k);
+  for (auto [scope, id] : {std::pair<char, const std::string*>{'p', &project_id}, {'k', &key_id}}) {
+    bucket_key(tl_key, scope, *id, model, 't');
+    auto it = buckets_.find(tl_key);
     if (it == buckets_.end()) continue;
     Bucket& b = it->second;
     refill(b, b.capacity, now);
@@ -243,63 +254,77 @@ void RateLimiter::settle(const std::string& project_id, const std::string& key_i
 
 namespace {
 
-void append_int(std::string& out, int64_t v) {
-  char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, end);
-}
+// Header text written into a fixed buffer: the six x-ratelimit-* lines of every answer were
+// ~2,800 instructions built by std::string appends (a capacity check and a strlen per piece).
+// The longest lines (64-bit values, the longest duration) fit in it.
+class LineWriter {
+ public:
+  void put(std::string_view s) {
+    std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
+  }
+  void put(char c) { *p_++ = c; }
+  void num(int64_t v) { p_ = std::to_chars(p_, end_, v).ptr; }
+  std::string str() const { return std::string(buf_, size_t(p_ - buf_)); }
 
-void append_duration(std::string& out, int64_t ms) {
-  if (ms < 0) ms = 0;
-  if (ms < 1000) {
-    append_int(out, ms);
-    out += "ms";
-    return;
+  // "1s", "6m0s", "120ms": OpenAI's duration format (format_duration).
+  void duration(int64_t ms) {
+    if (ms < 0) ms = 0;
+    if (ms < 1000) {
+      num(ms);
+      put("ms");
+      return;
+    }
+    int64_t s = ms / 1000, frac = ms % 1000;
+    int64_t h = s / 3600, m = (s % 3600) / 60, sec = s % 60;
+    if (h) {
+      num(h);
+      put('h');
+    }
+    if (h || m) {
+      num(m);
+      put('m');
+    }
+    num(sec);
+    if (frac) {  // milliseconds as a decimal fraction, without trailing zeros: 1.5s, 1.05s
+      char f[3] = {char('0' + frac / 100), char('0' + frac / 10 % 10), char('0' + frac % 10)};
+      size_t n = f[2] != '0' ? 3 : f[1] != '0' ? 2 : 1;
+      put('.');
+      put(std::string_view(f, n));
+    }
+    put('s');
   }
-  int64_t s = ms / 1000, frac = ms % 1000;
-  int64_t h = s / 3600, m = (s % 3600) / 60, sec = s % 60;
-  if (h) {
-    append_int(out, h);
-    out += 'h';
-  }
-  if (h || m) {
-    append_int(out, m);
-    out += 'm';
-  }
-  append_int(out, sec);
-  if (frac) {  // milliseconds as a decimal fraction, without trailing zeros: 1.5s, 1.05s
-    char f[3] = {char('0' + frac / 100), char('0' + frac / 10 % 10), char('0' + frac % 10)};
-    size_t n = f[2] != '0' ? 3 : f[1] != '0' ? 2 : 1;
-    out += '.';
-    out.append(f, n);
-  }
-  out += 's';
-}
+
+ private:
+  char buf_[512];  // six lines of at most ~60 bytes
+  char* p_ = buf_;
+  char* const end_ = buf_ + sizeof buf_;
+};
 
 }  // namespace
 
 std::string RateLimiter::format_duration(int64_t ms) {
-  std::string out;
-  append_duration(out, ms);
-  return out;
+  LineWriter w;
+  w.duration(ms);
+  return w.str();
 }
 
 std::string RateLimiter::header_lines(const Report& r) {
-  std::string h;
-  h.reserve(200);
-  // The limit, what remains and when it is whole again, of one kind ("requests" or "tokens").
-  auto kind = [&h](std::string_view what, int64_t limit, int64_t remaining, int64_t reset_ms) {
-    h.append("x-ratelimit-limit-").append(what).append(": ");
-    append_int(h, limit);
-    h.append("\r\nx-ratelimit-remaining-").append(what).append(": ");
-    append_int(h, remaining);
-    h.append("\r\nx-ratelimit-reset-").append(what).append(": ");
-    append_duration(h, reset_ms);
-    h += "\r\n";
-  };
-  kind("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
-  kind("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
-  return h;
+  LineWriter w;
+  w.put("x-ratelimit-limit-requests: ");
+  w.num(r.limit_requests);
+  w.put("\r\nx-ratelimit-remaining-requests: ");
+  w.num(r.remaining_requests);
+  w.put("\r\nx-ratelimit-reset-requests: ");
+  w.duration(r.reset_requests_ms);
+  w.put("\r\nx-ratelimit-limit-tokens: ");
+  w.num(r.limit_tokens);
+  w.put("\r\nx-ratelimit-remaining-tokens: ");
+  w.num(r.remaining_tokens);
+  w.put("\r\nx-ratelimit-reset-tokens: ");
+  w.duration(r.reset_tokens_ms);
+  w.put("\r\n");
+  return w.str();
 }
 
 }  // namespace aicloud::gateway
