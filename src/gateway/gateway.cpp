@@ -9,6 +9,7 @@
 #include "gateway/endpoints.h"
 #include "gateway/request_scan.h"
 #include "gateway/usage_scan.h"
+#include "http/fields.h"
 #include "http/server.h"
 #include "http/stream.h"
 #include "models/registry.h"
@@ -126,10 +127,16 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
 
     http::UpstreamRequest req;
     req.target = path;
-    req.headers.reserve(3);
-    req.headers.emplace_back("Content-Type", "application/json");
-    if (!replica.api_key.empty()) req.headers.emplace_back("Authorization", "Bearer " + replica.api_key);
-    req.headers.emplace_back("x-request-id", rec.request_id);
+    // One string of lines rather than a pair of strings per field. The request id is the App's
+    // (checked: request_id_for); a replica's key is checked here, and one that could split the
+    // request is not sent (the replica then refuses the request, as for a wrong key).
+    std::string& f = req.fields;
+    f.reserve(96 + replica.api_key.size() + rec.request_id.size());
+    f += "Content-Type: application/json\r\n";
+    if (!replica.api_key.empty() && http::field_value_ok(replica.api_key)) {
+      f.append("Authorization: Bearer ").append(replica.api_key).append("\r\n");
+    }
+    f.append("x-request-id: ").append(rec.request_id).append("\r\n");
     req.body = body;
     auto self = shared_from_this();
     http::UpstreamCallbacks cb;

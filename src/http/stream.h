@@ -7,7 +7,6 @@
 // If the client goes away first, the session calls cancel(): the producer learns it through
 // on_cancel() (to abort the upstream request) and its later writes are dropped.
 #pragma once
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -169,7 +168,9 @@ class ResponseStream {
   bool ended_ = false;
   bool cancelled_ = false;
   bool stopped_ = false;
-  std::deque<std::string> queued_;
+  // (A vector: a deque allocates its map and a first node when made, two allocations for every
+  // response, most of which never queue a piece.)
+  std::vector<std::string> queued_;
   // Shared rather than copied out of the lock for each call: a std::function holding the
   // session's callback is a heap copy each time.
   using Notify = std::shared_ptr<const std::function<void(bool complete)>>;

@@ -165,7 +165,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // connection alive by default). The framing fields are the pool's own.
   static std::string request_head(const UpstreamRequest& req, const std::string& host) {
     std::string h;
-    h.reserve(128 + req.target.size());
+    h.reserve(128 + req.target.size() + req.fields.size());
     h.append(req.method).append(" ").append(req.target).append(" HTTP/1.1\r\n");
     for (const auto& [name, value] : req.headers) {
       if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "host")) {
@@ -173,6 +173,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       }
       h.append(name).append(": ").append(value).append("\r\n");
     }
+    h += req.fields;
     h.append("Host: ").append(host).append("\r\nContent-Length: ").append(std::to_string(req.body.size())).append("\r\n\r\n");
     return h;
   }

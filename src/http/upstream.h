@@ -29,6 +29,10 @@ struct UpstreamRequest {
   std::string method = "POST";
   std::string target;
   std::vector<std::pair<std::string, std::string>> headers;
+  // Header lines written as they are, after `headers`: "Name: value\r\n" each. Unchecked: only
+  // for fields that aicloud's own code formats from values it has checked (the gateway's),
+  // where a checked pair of heap strings per field cost more than the rest of the head.
+  std::string fields;
   std::string body;
 };
 
