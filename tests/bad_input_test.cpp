@@ -381,6 +381,23 @@ TEST_F(BadInput, IdleConnectionsAreClosed) {
     EXPECT_TRUE(conn.wait_closed(5s));
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
   }
+  {  // Requests that come within the idle timeout of the last answer keep the connection open,
+     // however long it lives (the deadline moves with each wait); it closes a timeout after the
+     // last answer, not after the first wait's.
+    RawConn conn(srv->url());
+    auto last = std::chrono::steady_clock::now();
+    for (int i = 0; i < 6; ++i) {  // 1.8 s in all, over three idle timeouts
+      std::this_thread::sleep_for(300ms);
+      ASSERT_TRUE(conn.send(raw_request("GET", "/healthz"))) << "request " << i;
+      RawResponse r = conn.read_response(5s);
+      ASSERT_TRUE(r.got_response) << "request " << i << " found the connection closed";
+      last = std::chrono::steady_clock::now();
+    }
+    EXPECT_TRUE(conn.wait_closed(5s));
+    auto idle = std::chrono::steady_clock::now() - last;
+    EXPECT_GE(idle, 450ms);
+    EXPECT_LT(idle, 3s);
+  }
   {  // Headers complete, then nothing: the body never comes. Cut off by the header/body timeouts
      // at the latest; here we only require that the server keeps serving others meanwhile.
     RawConn conn(srv->url());
