@@ -140,11 +140,11 @@ Principal AuthService::authenticate(std::string_view token, std::string_view org
         "auth (i.e. Authorization: Bearer YOUR_KEY).",
         "missing_api_key");
   }
-  std::string hash = sha256_hex(token);
+  const Sha256 digest = sha256(token);
   std::shared_ptr<Entry> e;
   {
     std::shared_lock lk(mu_);
-    auto it = cache_.find(hash);
+    auto it = cache_.find(digest);
     if (it != cache_.end()) e = it->second;
   }
   if (e) {
@@ -152,10 +152,10 @@ Principal AuthService::authenticate(std::string_view token, std::string_view org
   } else {
     misses_.fetch_add(1, std::memory_order_relaxed);
     uint64_t epoch = epoch_.load();
-    e = load(token, hash);
+    e = load(token, hex(digest));
     if (!e) throw unauthorized("Incorrect API key provided: " + redact_secret(token) + ".");
     std::unique_lock lk(mu_);
-    if (epoch_.load() == epoch) cache_.emplace(hash, e);
+    if (epoch_.load() == epoch) cache_.emplace(digest, e);
   }
   if (e->expires_at && e->expires_at <= now_unix()) {
     throw unauthorized("Your session has expired; log in again.", "session_expired");

@@ -4,6 +4,7 @@
 // immediate in this process, and a revoked key fails on its very next request.
 #pragma once
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -13,6 +14,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "identity/crypto.h"
 #include "identity/roles.h"
 #include "store/store.h"
 
@@ -94,7 +96,16 @@ class AuthService {
 
   Store& store_;
   mutable std::shared_mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<Entry>> cache_;  // sha256(token) -> entry
+  // sha256(token) -> entry, keyed by the digest's bytes: no allocation per lookup, and no hex
+  // (that is only for the store's lookup on a miss).
+  struct DigestHash {
+    size_t operator()(const Sha256& d) const {
+      size_t h;
+      std::memcpy(&h, d.data(), sizeof h);  // (a digest's bytes are already uniform)
+      return h;
+    }
+  };
+  std::unordered_map<Sha256, std::shared_ptr<Entry>, DigestHash> cache_;
   std::atomic<uint64_t> epoch_{0};  // bumped by invalidate(); a load that raced it is not cached
   std::atomic<uint64_t> hits_{0}, misses_{0};
 

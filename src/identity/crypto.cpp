@@ -53,8 +53,8 @@ bool scrypt(std::string_view pw, const unsigned char* salt, size_t salt_len, uin
 // Every API call hashes its key. OpenSSL 3 looks the algorithm up by name on each EVP_Digest
 // with EVP_sha256() and allocates a context: more time than the hash of a key itself (~2% of
 // the gateway's CPU). The algorithm is fetched once; each thread keeps its context.
-std::string sha256_hex(std::string_view data) {
-  static EVP_MD* const sha256 = [] {
+Sha256 sha256(std::string_view data) {
+  static EVP_MD* const md = [] {
     EVP_MD* m = EVP_MD_fetch(nullptr, "SHA256", nullptr);
     if (!m) throw std::runtime_error("sha256: the algorithm is not available");
     return m;
@@ -64,14 +64,18 @@ std::string sha256_hex(std::string_view data) {
     ~Ctx() { EVP_MD_CTX_free(c); }
   };
   thread_local Ctx ctx;
-  unsigned char md[EVP_MAX_MD_SIZE];
+  Sha256 out;
   unsigned int len = 0;
-  if (!ctx.c || EVP_DigestInit_ex2(ctx.c, sha256, nullptr) != 1 || EVP_DigestUpdate(ctx.c, data.data(), data.size()) != 1 ||
-      EVP_DigestFinal_ex(ctx.c, md, &len) != 1) {
+  if (!ctx.c || EVP_DigestInit_ex2(ctx.c, md, nullptr) != 1 || EVP_DigestUpdate(ctx.c, data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.c, out.data(), &len) != 1 || len != out.size()) {
     throw std::runtime_error("sha256 failed");
   }
-  return to_hex(md, len);
+  return out;
 }
+
+std::string hex(const Sha256& digest) { return to_hex(digest.data(), digest.size()); }
+
+std::string sha256_hex(std::string_view data) { return hex(sha256(data)); }
 
 bool constant_time_equal(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
