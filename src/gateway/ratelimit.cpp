@@ -311,19 +311,24 @@ std::string RateLimiter::format_duration(int64_t ms) {
 
 std::string RateLimiter::header_lines(const Report& r) {
   LineWriter w;
-  w.put("x-ratelimit-limit-requests: ");
-  w.num(r.limit_requests);
-  w.put("\r\nx-ratelimit-remaining-requests: ");
-  w.num(r.remaining_requests);
-  w.put("\r\nx-ratelimit-reset-requests: ");
-  w.duration(r.reset_requests_ms);
-  w.put("\r\nx-ratelimit-limit-tokens: ");
-  w.num(r.limit_tokens);
-  w.put("\r\nx-ratelimit-remaining-tokens: ");
-  w.num(r.remaining_tokens);
-  w.put("\r\nx-ratelimit-reset-tokens: ");
-  w.duration(r.reset_tokens_ms);
-  w.put("\r\n");
+  // The limit, what remains and when it is whole again, of one kind ("requests" or "tokens").
+  auto kind = [&w](std::string_view what, int64_t limit, int64_t remaining, int64_t reset_ms) {
+    w.put("x-ratelimit-limit-");
+    w.put(what);
+    w.put(": ");
+    w.num(limit);
+    w.put("\r\nx-ratelimit-remaining-");
+    w.put(what);
+    w.put(": ");
+    w.num(remaining);
+    w.put("\r\nx-ratelimit-reset-");
+    w.put(what);
+    w.put(": ");
+    w.duration(reset_ms);
+    w.put("\r\n");
+  };
+  kind("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
+  kind("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
   return w.str();
 }
 
