@@ -43,10 +43,15 @@ uint32_t crc32(std::string_view data, uint32_t crc) {
 
 namespace {
 
+// Little-endian, at p.
+template <class T>
+void put_at(char* p, T v) {
+  for (size_t i = 0; i < sizeof(T); ++i) p[i] = char(uint8_t(uint64_t(v) >> (8 * i)));
+}
 template <class T>
 void put(std::string& out, T v) {
   char b[sizeof(T)];
-  for (size_t i = 0; i < sizeof(T); ++i) b[i] = char(uint8_t(uint64_t(v) >> (8 * i)));
+  put_at(b, v);
   out.append(b, sizeof(T));
 }
 void put_str(std::string& out, const std::string& s) {
@@ -87,14 +92,13 @@ void encode(const UsageRecord& r, uint64_t segment, std::string& out) {
   }
   for (int64_t v : {r.input_tokens, r.output_tokens, r.cached_tokens, r.latency_ms, int64_t(r.status)}) put<int64_t>(out, v);
   uint32_t len = uint32_t(out.size() - start - kHeader);
-  std::string head;
-  put<uint32_t>(head, kMagic);
-  put<uint64_t>(head, segment);
-  put<uint32_t>(head, len);
-  uint32_t crc = crc32(std::string_view(head).substr(4, 12));
+  char* head = out.data() + start;  // (written in place: a string for it was an allocation per record)
+  put_at<uint32_t>(head, kMagic);
+  put_at<uint64_t>(head + 4, segment);
+  put_at<uint32_t>(head + 12, len);
+  uint32_t crc = crc32(std::string_view(head + 4, 12));
   crc = crc32(std::string_view(out).substr(start + kHeader, len), crc);
-  put<uint32_t>(head, crc);
-  std::memcpy(out.data() + start, head.data(), kHeader);
+  put_at<uint32_t>(head + 16, crc);
 }
 
 std::vector<UsageRecord> decode(std::string_view data, uint64_t segment) {

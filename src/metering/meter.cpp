@@ -83,6 +83,7 @@ Meter::Meter(Store& store, MeterOptions opts) : store_(store), opts_(std::move(o
   }
   if (!unfolded_.empty()) spdlog::info("metering: folding {} usage journal segment(s) left by the last run", unfolded_.size());
   active_ = open_segment(next_number_++);
+  active_number_ = active_->number;
   fold_now();
   if (!unfolded_.empty()) throw std::runtime_error("the usage journal could not be folded into the store (see the log)");
 
@@ -167,10 +168,17 @@ std::shared_ptr<Meter::Segment> Meter::open_segment(uint64_t number) {
 void Meter::record(UsageRecord&& r, std::function<void(bool)> on_durable) {
   thread_local std::string frame;
   auto t0 = std::chrono::steady_clock::now();
+  // The frame is encoded (its checksum is most of a record's journaling) before the lock, for the
+  // segment active now; one rotated in between (every fold_every) is encoded for again under it.
+  uint64_t number = active_number_.load();
+  frame.clear();
+  journal::encode(r, number, frame);
   std::unique_lock lk(mu_);
   Segment& s = *active_;
-  frame.clear();
-  journal::encode(r, s.number, frame);
+  if (s.number != number) {
+    frame.clear();
+    journal::encode(r, s.number, frame);
+  }
   // A frame copied into the mapping is in the kernel's page cache, as a pwrite's would be: it
   // survives the process's kill -9, and fdatasync (the syncer) writes it out like any other.
   // (So a record costs no system call, and io threads journal each as it finishes rather than
@@ -286,6 +294,7 @@ void Meter::fold_now(bool last) {
     {
       std::lock_guard lk(mu_);
       retired = std::exchange(active_, std::move(next));
+      if (active_) active_number_ = active_->number;
     }
     sync_cv_.notify_one();  // a syncer waiting out a failure moves on to the new segment
     if (opts_.fsync && ::fdatasync(retired->file.fd) == 0) complete(*retired, UINT64_MAX, true);

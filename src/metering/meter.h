@@ -121,6 +121,9 @@ class Meter {
   std::mutex mu_;  // the active segment: appends, the swap, waiters
   std::condition_variable sync_cv_;
   std::shared_ptr<Segment> active_;
+  // active_'s number, readable without mu_: record() encodes its frame for it before taking the
+  // lock, so that the two io threads do not wait on each other's checksums.
+  std::atomic<uint64_t> active_number_{0};
   bool stopping_ = false;  // guarded by mu_ and fold_mu_ both (written holding both)
 
   std::mutex fold_mu_;  // one fold at a time (the folder thread, flush(), the destructor); fold_cv_'s
