@@ -11,9 +11,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include "store/migrations.h"
@@ -147,54 +149,44 @@ constexpr const char* kObjCols = "seq, kind, id, org_id, project_id, parent_id, 
 // summed per second and per (organization, project, key, model, deployment, region, endpoint,
 // status) in memory, and each sum is added to its row with one upsert. A fold of a busy gateway
 // (thousands of records, a few keys and models) is then a handful of rows, not a row per record.
+int64_t second_of(int64_t ms) { return ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000); }  // floor
+
+// What a record is summed under: its second, then the texts and status of usage_seconds' key.
+// (Views into the records, which outlive the sums: usage_append's argument.)
+using UsageGroup = std::tuple<int64_t, std::string_view, std::string_view, std::string_view, std::string_view,
+                              std::string_view, std::string_view, std::string_view, int>;
+UsageGroup group_of(const UsageRecord& r) {
+  return {second_of(r.ts_ms), r.org_id, r.project_id, r.api_key_id, r.model, r.deployment_id, r.region, r.endpoint,
+          r.status};
+}
+
 struct UsageSum {
-  const UsageRecord* first;  // the group's texts (and its status)
-  int64_t ts_s = 0;
+  UsageGroup group;
   int64_t requests = 0, input_tokens = 0, output_tokens = 0, cached_tokens = 0, latency_ms = 0;
 };
 
-int64_t second_of(int64_t ms) { return ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000); }  // floor
-
-bool same_group(const UsageSum& g, const UsageRecord& r, int64_t ts_s) {
-  const UsageRecord& f = *g.first;
-  return g.ts_s == ts_s && f.status == r.status && f.api_key_id == r.api_key_id && f.model == r.model &&
-         f.project_id == r.project_id && f.org_id == r.org_id && f.deployment_id == r.deployment_id &&
-         f.region == r.region && f.endpoint == r.endpoint;
-}
-
-// The groups of records, in the order each first appears. Records mostly come in runs of one
-// group (a fold holds a fraction of a second of a few keys' traffic), so each is compared with
-// the group of the record before it first; the map is for the rest.
+// The sums of the records' groups, in the order each group first appears. Records mostly come in
+// runs of one group (a fold holds a fraction of a second of a few keys' traffic), so each is
+// compared with the group of the record before it first; the map is for the rest.
 std::vector<UsageSum> usage_sums(const std::vector<UsageRecord>& records) {
-  std::vector<UsageSum> groups;
-  std::unordered_map<std::string, size_t> index;
-  std::string key;
+  std::vector<UsageSum> sums;
+  std::map<UsageGroup, size_t> index;
   size_t last = 0;
   for (const UsageRecord& r : records) {
-    const int64_t ts_s = second_of(r.ts_ms);
-    size_t at;
-    if (!groups.empty() && same_group(groups[last], r, ts_s)) {
-      at = last;
-    } else {
-      key.clear();
-      for (const std::string* t : {&r.org_id, &r.project_id, &r.api_key_id, &r.model, &r.deployment_id, &r.region,
-                                   &r.endpoint}) {
-        key.append(std::to_string(t->size())).append(":").append(*t);
-      }
-      key.append(std::to_string(ts_s)).append("/").append(std::to_string(r.status));
-      auto [it, added] = index.try_emplace(key, groups.size());
-      if (added) groups.push_back(UsageSum{&r, ts_s});
-      at = it->second;
+    UsageGroup g = group_of(r);
+    if (sums.empty() || sums[last].group != g) {
+      auto [it, added] = index.try_emplace(g, sums.size());
+      if (added) sums.push_back(UsageSum{g});
+      last = it->second;
     }
-    UsageSum& g = groups[at];
-    ++g.requests;
-    g.input_tokens += r.input_tokens;
-    g.output_tokens += r.output_tokens;
-    g.cached_tokens += r.cached_tokens;
-    g.latency_ms += r.latency_ms;
-    last = at;
+    UsageSum& sum = sums[last];
+    ++sum.requests;
+    sum.input_tokens += r.input_tokens;
+    sum.output_tokens += r.output_tokens;
+    sum.cached_tokens += r.cached_tokens;
+    sum.latency_ms += r.latency_ms;
   }
-  return groups;
+  return sums;
 }
 
 Object read_object(Stmt& st) {
@@ -404,11 +396,11 @@ class SqliteTx final : public Tx {
             "requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens, "
             "output_tokens = output_tokens + excluded.output_tokens, "
             "cached_tokens = cached_tokens + excluded.cached_tokens, latency_ms = latency_ms + excluded.latency_ms");
-    for (const UsageSum& g : usage_sums(records)) {
-      const UsageRecord& r = *g.first;
-      st.bind_static(r.org_id).bind(g.ts_s).bind_static(r.project_id).bind_static(r.api_key_id).bind_static(r.model);
-      st.bind_static(r.deployment_id).bind_static(r.region).bind_static(r.endpoint).bind(int64_t(r.status));
-      st.bind(g.requests).bind(g.input_tokens).bind(g.output_tokens).bind(g.cached_tokens).bind(g.latency_ms);
+    for (const UsageSum& sum : usage_sums(records)) {
+      const auto& [ts_s, org, project, key, model, deployment, region, endpoint, status] = sum.group;
+      st.bind_static(org).bind(ts_s).bind_static(project).bind_static(key).bind_static(model);
+      st.bind_static(deployment).bind_static(region).bind_static(endpoint).bind(int64_t(status));
+      st.bind(sum.requests).bind(sum.input_tokens).bind(sum.output_tokens).bind(sum.cached_tokens).bind(sum.latency_ms);
       st.step();
       st.rebind();
     }
