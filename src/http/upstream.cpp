@@ -2,7 +2,6 @@
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 
 #include <algorithm>
 #include <array>
@@ -11,6 +10,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "http/answer_parser.h"
 #include "http/fields.h"
 #include "http/io_types.h"
 #include "http/ready_read.h"
@@ -98,54 +98,7 @@ class PoolCloser : public asio::execution_context::service {
 
 namespace {
 
-// The fields an answer's relay does not pass on: hop-by-hop ones, framing (the server frames the
-// client's answer itself), and Server and Date (the server's own). Beast has already looked the
-// name up (f), so this is a switch rather than a name comparison per field.
-bool not_relayed(bhttp::field f) {
-  using F = bhttp::field;
-  switch (f) {
-    case F::connection: case F::keep_alive: case F::transfer_encoding: case F::content_length: case F::te:
-    case F::trailer: case F::upgrade: case F::proxy_authenticate: case F::proxy_authorization: case F::server:
-    case F::date:
-      return true;
-    default:
-      return false;
-  }
-}
-
 constexpr size_t kReadRoom = 16 * 1024;
-
-// An answer's parser that keeps nothing Beast's message parsers keep: its fields go straight into
-// an UpstreamHead (the ones relayed, copied once) rather than into a basic_fields (an allocation,
-// a name lookup and a tree insertion per field), and its body's pieces are views into the read
-// buffer, handed on before that buffer is consumed, rather than copied out.
-class AnswerParser : public bhttp::basic_parser<false> {
- public:
-  UpstreamHead head;
-  std::vector<std::string_view> pieces;  // body bytes found by the last put(): valid until consumed
-
- private:
-  void on_request_impl(bhttp::verb, beast::string_view, beast::string_view, int, beast::error_code&) override {}
-  void on_response_impl(int code, beast::string_view, int, beast::error_code&) override { head.status = unsigned(code); }
-  void on_field_impl(bhttp::field f, beast::string_view name, beast::string_view value, beast::error_code&) override {
-    if (f == bhttp::field::content_type) {
-      head.content_type.assign(value.data(), value.size());
-    } else if (!not_relayed(f)) {
-      head.headers.emplace_back(std::string(name), std::string(value));
-    }
-  }
-  void on_header_impl(beast::error_code&) override {}
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, beast::error_code&) override {}
-  std::size_t on_body_impl(beast::string_view body, beast::error_code&) override {
-    if (!body.empty()) pieces.emplace_back(body.data(), body.size());
-    return body.size();
-  }
-  void on_chunk_header_impl(std::uint64_t, beast::string_view, beast::error_code&) override {}
-  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, beast::error_code& ec) override {
-    return on_body_impl(body, ec);
-  }
-  void on_finish_impl(beast::error_code&) override {}
-};
 
 class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
  public:
@@ -250,8 +203,6 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     // started at 512 bytes, which took 3-4.
     buf_.reserve(kReadRoom);
     parser_.emplace();
-    parser_->eager(true);  // the head and the body that came with it, in one put()
-    parser_->body_limit(std::uint64_t(1) << 40);  // replies are relayed, never held whole here
     read_more();
   }
 
@@ -279,9 +230,9 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   void on_read(beast::error_code ec, size_t n) {
     buf_.commit(n);
     if (n > 0) got_response_ = true;
-    if (ec == asio::error::eof && parser_->got_some()) {
-      parser_->put_eof(ec);  // a body that ends with the connection, or a cut-off one
-      if (!ec) return parse();
+    if (ec == asio::error::eof && parser_->got_some()) {  // a body that ends with the connection, or a cut-off one
+      if (parser_->put_eof() == AnswerParser::Result::kDone) return parse();
+      return finish("reading from " + key_ + ": " + parser_->error(), got_response_, false);
     }
     if (ec && !got_response_) return retry_or_fail("reading from " + key_ + ": " + ec.message());
     if (ec) return finish("reading from " + key_ + ": " + ec.message(), true, false);
@@ -292,26 +243,25 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // removed), then the end; reads more when the parser needs it. The body's pieces are views into
   // buf_, handed to on_data before it is consumed.
   void parse() {
-    while (!done_) {
-      beast::error_code ec = bhttp::error::need_more;
-      bool had_head = parser_->is_header_done();
-      parser_->pieces.clear();
-      size_t used = buf_.size() > 0 ? parser_->put(buf_.data(), ec) : 0;
-      if (!had_head && parser_->is_header_done() && cb_.on_head) cb_.on_head(parser_->head);
-      for (std::string_view piece : parser_->pieces) {
-        if (done_ || !cb_.on_data) break;  // on_head and on_data may cancel
-        cb_.on_data(piece);
-      }
-      buf_.consume(used);
-      if (done_) return;
-      if (parser_->is_done()) return finish("", true, parser_->keep_alive());
-      if (ec == bhttp::error::need_more) {
-        if (cb_.on_read_end) cb_.on_read_end();  // (it may cancel)
-        if (done_) return;
-        return read_more();
-      }
-      if (ec) return finish("reading from " + key_ + ": " + ec.message(), got_response_, false);
+    using R = AnswerParser::Result;
+    bool had_head = parser_->head_done();
+    parser_->pieces.clear();
+    R r = R::kNeedMore;
+    auto data = buf_.data();
+    size_t used = data.size() > 0 ? parser_->put({static_cast<const char*>(data.data()), data.size()}, r) : 0;
+    if (parser_->done()) r = R::kDone;  // (an answer that ended at its end of file)
+    if (!had_head && parser_->head_done() && cb_.on_head) cb_.on_head(parser_->head);
+    for (std::string_view piece : parser_->pieces) {
+      if (done_ || !cb_.on_data) break;  // on_head and on_data may cancel
+      cb_.on_data(piece);
     }
+    buf_.consume(used);
+    if (done_) return;
+    if (r == R::kDone) return finish("", true, parser_->keep_alive());
+    if (r == R::kError) return finish("reading from " + key_ + ": " + parser_->error(), got_response_, false);
+    if (cb_.on_read_end) cb_.on_read_end();  // (it may cancel)
+    if (done_) return;
+    read_more();
   }
 
   // A stale pooled connection (the upstream closed it while idle) fails before any byte of the

@@ -1,0 +1,339 @@
+#include "http/answer_parser.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+namespace aicloud::http {
+
+namespace {
+
+constexpr size_t kChunkLineLimit = 4096;  // a chunk's size line, extensions included
+
+bool is_ows(char c) { return c == ' ' || c == '\t'; }
+
+constexpr std::array<bool, 256> kToken = [] {  // RFC 9110 tchar
+  std::array<bool, 256> t{};
+  for (int c = 33; c < 127; ++c) t[size_t(c)] = true;
+  for (char c : std::string_view("()<>@,;:\\\"/[]?={}")) t[static_cast<unsigned char>(c)] = false;
+  return t;
+}();
+
+// A field value may hold visible bytes, obs-text, spaces and tabs; never NUL, CR, LF or another
+// control byte.
+constexpr std::array<bool, 256> kValue = [] {
+  std::array<bool, 256> t{};
+  t['\t'] = true;
+  for (int c = 0x20; c < 256; ++c) t[size_t(c)] = c != 0x7f;
+  return t;
+}();
+
+bool value_ok(std::string_view v) {
+  for (unsigned char c : v) {
+    if (!kValue[c]) return false;
+  }
+  return true;
+}
+
+std::string_view trim_ows(std::string_view v) {
+  while (!v.empty() && is_ows(v.front())) v.remove_prefix(1);
+  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
+  return v;
+}
+
+// Whether a token equals a lower-case name, in any case. (c | 0x20 maps only 'A'-'Z' onto
+// 'a'-'z', among the bytes a token can hold, and leaves '-' and digits as they are.)
+bool is(std::string_view token, std::string_view lower) {
+  if (token.size() != lower.size()) return false;
+  for (size_t i = 0; i < token.size(); ++i) {
+    if ((token[i] | 0x20) != lower[i]) return false;
+  }
+  return true;
+}
+
+// Calls f on each element of a comma-separated list (RFC 9110 §5.6.1), trimmed; empty ones skipped.
+template <class F>
+void each_element(std::string_view v, F&& f) {
+  while (!v.empty()) {
+    size_t comma = v.find(',');
+    std::string_view e = trim_ows(v.substr(0, comma));
+    if (!e.empty()) f(e);
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+}
+
+// The fields a relay does not pass on: hop-by-hop ones, framing (the server frames the client's
+// answer itself), and Server and Date (the server's own). Told apart by length first: most
+// fields are compared with nothing.
+bool not_relayed(std::string_view n) {
+  switch (n.size()) {
+    case 2: return is(n, "te");
+    case 4: return is(n, "date");
+    case 6: return is(n, "server");
+    case 7: return is(n, "trailer") || is(n, "upgrade");
+    case 10: return is(n, "keep-alive");
+    case 18: return is(n, "proxy-authenticate");
+    case 19: return is(n, "proxy-authorization");
+    default: return false;
+  }
+}
+
+}  // namespace
+
+AnswerParser::Result AnswerParser::fail(std::string why) {
+  state_ = State::kError;
+  error_ = "malformed answer: " + std::move(why);
+  return Result::kError;
+}
+
+bool AnswerParser::bad(std::string why) {
+  fail(std::move(why));
+  return false;
+}
+
+AnswerParser::Line AnswerParser::next_line(std::string_view rest, std::string_view& line) {
+  const char* from = rest.data() + line_at_;
+  const void* nl = std::memchr(from, '\n', rest.size() - line_at_);
+  if (!nl) return Line::kNeedMore;
+  size_t len = size_t(static_cast<const char*>(nl) - from);
+  if (len == 0 || from[len - 1] != '\r') {
+    bad("a line not ended by CRLF");
+    return Line::kBad;
+  }
+  line = std::string_view(from, len - 1);
+  line_at_ += len + 1;
+  return Line::kWhole;
+}
+
+bool AnswerParser::parse_status(std::string_view line) {
+  // HTTP/1.x SP 3DIGIT [SP reason]
+  if (line.size() < 12 || line.substr(0, 7) != "HTTP/1." || line[7] < '0' || line[7] > '9' || line[8] != ' ' ||
+      (line.size() > 12 && line[12] != ' ')) {
+    return bad("status line '" + std::string(line.substr(0, 64)) + "'");
+  }
+  unsigned status = 0;
+  for (size_t i = 9; i < 12; ++i) {
+    if (line[i] < '0' || line[i] > '9') return bad("status line '" + std::string(line.substr(0, 64)) + "'");
+    status = status * 10 + unsigned(line[i] - '0');
+  }
+  if (status < 100) return bad("status " + std::to_string(status));
+  head.status = status;
+  http11_ = line[7] >= '1';
+  return true;
+}
+
+bool AnswerParser::parse_field_line(std::string_view line, bool keep) {
+  size_t i = 0;
+  while (i < line.size() && kToken[static_cast<unsigned char>(line[i])]) ++i;
+  if (i == line.size() || line[i] != ':' || i == 0) {
+    if (!line.empty() && is_ows(line[0])) return bad("a field folded onto the next line");
+    if (line.find(':') == std::string_view::npos) return bad("a field line without ':'");
+    return bad("field name '" + std::string(line.substr(0, std::min<size_t>(line.find(':'), 64))) + "'");
+  }
+  std::string_view name = line.substr(0, i), value = trim_ows(line.substr(i + 1));
+  if (!value_ok(value)) return bad("a control byte in field " + std::string(name));
+  return !keep || parse_field(name, value);
+}
+
+bool AnswerParser::parse_field(std::string_view name, std::string_view value) {
+  switch (name.size()) {
+    case 10:
+      if (is(name, "connection")) {
+        each_element(value, [&](std::string_view e) {
+          if (is(e, "close")) conn_close_ = true;
+          else if (is(e, "keep-alive")) conn_keep_alive_ = true;
+        });
+        return true;
+      }
+      break;
+    case 12:
+      if (is(name, "content-type")) {
+        head.content_type.assign(value);
+        return true;
+      }
+      break;
+    case 14:
+      if (is(name, "content-length")) {
+        if (value.empty() || value.size() > 18) return bad("Content-Length '" + std::string(value) + "'");
+        uint64_t n = 0;
+        for (char c : value) {
+          if (c < '0' || c > '9') return bad("Content-Length '" + std::string(value) + "'");
+          n = n * 10 + uint64_t(c - '0');
+        }
+        if (has_length_ && n != remaining_) return bad("two different Content-Lengths");
+        has_length_ = true;
+        remaining_ = n;
+        return true;
+      }
+      break;
+    case 17:
+      if (is(name, "transfer-encoding")) {
+        // The body is chunked when chunked is the last coding of the last such field; any other
+        // coding last means the body runs to the connection's end (RFC 9112 §6.3).
+        has_te_ = true;
+        std::string_view last;
+        each_element(value, [&](std::string_view e) { last = trim_ows(e.substr(0, e.find(';'))); });
+        if (!last.empty()) chunked_ = is(last, "chunked");
+        return true;
+      }
+      break;
+    default:
+      break;
+  }
+  if (!not_relayed(name)) head.headers.emplace_back(std::string(name), std::string(value));
+  return true;
+}
+
+// The head is whole: how the body is framed (RFC 9112 §6.3), and whether the connection stays.
+void AnswerParser::end_head() {
+  keep_alive_ = !conn_close_ && (http11_ || conn_keep_alive_);
+  const unsigned status = head.status;
+  if (status == 204 || status == 304) {  // never a body, whatever the fields say
+    state_ = State::kDone;
+  } else if (has_te_) {
+    if (has_length_) keep_alive_ = false;  // both framings: Transfer-Encoding wins, and the connection is not trusted after
+    state_ = chunked_ ? State::kChunkSize : State::kToEof;
+  } else if (has_length_) {
+    state_ = remaining_ > 0 ? State::kBody : State::kDone;
+  } else {
+    state_ = State::kToEof;
+  }
+  to_eof_ = state_ == State::kToEof;
+}
+
+size_t AnswerParser::put(std::string_view data, Result& r) {
+  if (!data.empty()) got_some_ = true;
+  size_t at = 0;
+  auto error = [&](std::string why) {
+    r = fail(std::move(why));
+    return at;
+  };
+  auto need_more = [&] {
+    r = Result::kNeedMore;
+    return at;
+  };
+  for (;;) {
+    std::string_view rest = data.substr(at);
+    switch (state_) {
+      case State::kHead: {
+        // Line by line, each parsed once, as it becomes whole: nothing is used until the head
+        // is, so line_at_ (how far it has been parsed) stays valid across calls.
+        std::string_view line;
+        for (;;) {
+          Line l = next_line(rest, line);
+          if (l == Line::kBad) return error_result(r, at);
+          if (line_at_ > kHeadLimit || (l == Line::kNeedMore && rest.size() > kHeadLimit)) {
+            return error("a head over " + std::to_string(kHeadLimit) + " bytes");
+          }
+          if (l == Line::kNeedMore) return need_more();
+          if (head.status == 0) {
+            if (!parse_status(line)) return error_result(r, at);
+          } else if (!line.empty()) {
+            if (!parse_field_line(line, true)) return error_result(r, at);
+          } else {
+            break;
+          }
+        }
+        at += line_at_;
+        line_at_ = 0;
+        if (head.status < 200) {  // an interim answer (1xx): skipped, the real one follows
+          if (head.status == 101) return error("101 Switching Protocols, which was not asked for");
+          head = {};
+          conn_close_ = conn_keep_alive_ = has_te_ = chunked_ = has_length_ = false;
+          remaining_ = 0;
+          continue;
+        }
+        end_head();
+        continue;
+      }
+      case State::kBody:
+      case State::kChunkData: {
+        size_t n = size_t(std::min<uint64_t>(remaining_, rest.size()));
+        if (n > 0) pieces.push_back(rest.substr(0, n));
+        at += n;
+        remaining_ -= n;
+        if (remaining_ > 0) return need_more();
+        state_ = state_ == State::kBody ? State::kDone : State::kChunkDataEnd;
+        continue;
+      }
+      case State::kToEof:
+        if (!rest.empty()) pieces.push_back(rest);
+        at = data.size();
+        return need_more();
+      case State::kChunkSize: {
+        // chunk-size [BWS ; extensions] CRLF
+        std::string_view line;
+        Line l = next_line(rest, line);
+        if (l == Line::kBad) return error_result(r, at);
+        if (l == Line::kNeedMore) {
+          if (rest.size() > kChunkLineLimit) return error("a chunk-size line over 4096 bytes");
+          return need_more();
+        }
+        uint64_t size = 0;
+        size_t i = 0;
+        for (; i < line.size(); ++i) {
+          char c = line[i];
+          int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+          if (d < 0) break;
+          if (size >> 56) return error("a chunk over 2^60 bytes");
+          size = size * 16 + uint64_t(d);
+        }
+        size_t digits = i;
+        while (i < line.size() && is_ows(line[i])) ++i;
+        if (digits == 0 || (i < line.size() && line[i] != ';') || !value_ok(line.substr(i))) {
+          return error("chunk-size line '" + std::string(line.substr(0, 64)) + "'");
+        }
+        at += line_at_;
+        line_at_ = 0;
+        remaining_ = size;
+        state_ = size > 0 ? State::kChunkData : State::kTrailers;
+        continue;
+      }
+      case State::kChunkDataEnd:
+        if (rest.size() < 2) return need_more();
+        if (rest[0] != '\r' || rest[1] != '\n') return error("a chunk not followed by CRLF");
+        at += 2;
+        state_ = State::kChunkSize;
+        continue;
+      case State::kTrailers: {
+        // Trailer fields, looked at and dropped, then the blank line that ends the answer.
+        std::string_view line;
+        for (;;) {
+          Line l = next_line(rest, line);
+          if (l == Line::kBad) return error_result(r, at);
+          if (line_at_ > kHeadLimit || (l == Line::kNeedMore && rest.size() > kHeadLimit)) {
+            return error("trailers over " + std::to_string(kHeadLimit) + " bytes");
+          }
+          if (l == Line::kNeedMore) return need_more();
+          if (line.empty()) break;
+          if (!parse_field_line(line, false)) return error_result(r, at);
+        }
+        at += line_at_;
+        line_at_ = 0;
+        state_ = State::kDone;
+        continue;
+      }
+      case State::kDone:
+        r = Result::kDone;
+        return at;
+      case State::kError:
+        return error_result(r, at);
+    }
+  }
+}
+
+size_t AnswerParser::error_result(Result& r, size_t at) {
+  r = Result::kError;
+  return at;
+}
+
+AnswerParser::Result AnswerParser::put_eof() {
+  if (state_ == State::kToEof) state_ = State::kDone;
+  if (state_ == State::kDone) return Result::kDone;
+  if (state_ == State::kError) return Result::kError;
+  return fail("the connection ended before the answer did");
+}
+
+}  // namespace aicloud::http
