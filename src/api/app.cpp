@@ -48,9 +48,8 @@ http::Response App::protocol_error(unsigned status, const std::string& message) 
 
 // A client-supplied x-request-id is kept when it is short and plain, so that traces join up.
 static std::string request_id_for(const http::Request& req) {
-  auto it = req.find("x-request-id");
-  if (it != req.end()) {
-    std::string_view v = it->value();
+  if (auto found = http::field_value(req, "x-request-id")) {
+    std::string_view v = *found;
     bool ok = !v.empty() && v.size() <= 64;
     for (char ch : v) ok = ok && (isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.');
     if (ok) return std::string(v);
@@ -59,9 +58,9 @@ static std::string request_id_for(const http::Request& req) {
 }
 
 static std::string_view bearer_token(const http::Request& req) {
-  auto it = req.find(bhttp::field::authorization);
-  if (it == req.end()) return {};
-  std::string_view v = it->value();
+  auto found = http::field_value(req, bhttp::field::authorization);
+  if (!found) return {};
+  std::string_view v = *found;
   if (v.size() > 7 && strncasecmp(v.data(), "Bearer ", 7) == 0) {
     v.remove_prefix(7);
     while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
@@ -132,8 +131,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
   http::Response res;
   try {
     if (spec.access != Access::kPublic) {
-      auto org_hdr = c.req.find("openai-organization");
-      std::string_view org_hint = org_hdr == c.req.end() ? std::string_view() : std::string_view(org_hdr->value());
+      std::string_view org_hint = http::field_value(c.req, "openai-organization").value_or(std::string_view());
       c.principal = auth_.authenticate(bearer_token(c.req), org_hint);
       if (spec.access == Access::kOperator && !c.principal->is_operator()) {
         throw forbidden("This endpoint is for the cloud operator only.", "operator_only");
@@ -151,8 +149,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
     // reads one (login and sign-up too: a browser form may post text/plain cross-site without a
     // preflight, so accepting it would let any web page log a visitor in).
     if ((spec.mutation || spec.method == "POST") && !spec.raw && !c.req.body().empty()) {
-      auto ct = c.req.find(bhttp::field::content_type);
-      std::string_view v = ct == c.req.end() ? std::string_view() : std::string_view(ct->value());
+      std::string_view v = http::field_value(c.req, bhttp::field::content_type).value_or(std::string_view());
       if (!is_json_media_type(v)) {
         throw ApiError(415, "invalid_request_error",
                        "Unsupported Content-Type '" + std::string(v) + "': send the body as application/json.",
@@ -166,8 +163,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
     if (spec.mutation) {
       c.body = parse_json_body(c.req.body());
 
-      auto idem_hdr = c.req.find("idempotency-key");
-      std::string idem_key = idem_hdr == c.req.end() ? std::string() : std::string(idem_hdr->value());
+      std::string idem_key(http::field_value(c.req, "idempotency-key").value_or(std::string_view()));
       if (idem_key.size() > 255) throw invalid_field("Idempotency-Key", "The Idempotency-Key header must be at most 255 characters.");
       std::string idem_scope = c.principal ? c.principal->actor_id : "anonymous";
       std::string req_hash =
@@ -239,13 +235,13 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
 void App::resolve_project(Context& c) {
   Principal& p = *c.principal;
   if (p.type == PrincipalType::kProjectKey) return;
-  auto hdr = c.req.find("openai-project");
-  if (hdr == c.req.end() || hdr->value().empty()) {
+  auto hdr = http::field_value(c.req, "openai-project");
+  if (!hdr || hdr->empty()) {
     throw forbidden("This endpoint acts in a project: use a project API key (sk-proj-...), or name the project in "
                     "the OpenAI-Project header.",
                     "project_required");
   }
-  std::string project_id(hdr->value());
+  std::string project_id(*hdr);
   const std::string& org = c.org_id();
   auto proj = store_.read([&](Tx& tx) { return tx.get("project", project_id); });
   if (!proj || proj->org_id != org) throw not_found("project", project_id);

@@ -438,8 +438,8 @@ Gateway::Lane& Gateway::this_lane() {
 Gateway::~Gateway() = default;
 
 http::Response Gateway::handle(Context& c, const char* endpoint, const char* path) {
-  auto ct = c.req.find(http::bhttp::field::content_type);
-  if (ct == c.req.end() || !is_json_type(ct->value())) {
+  auto ct = http::field_value(c.req, http::bhttp::field::content_type);
+  if (!ct || !is_json_type(*ct)) {
     throw ApiError(415, "invalid_request_error", "Send the request body as application/json.", "unsupported_media_type");
   }
   const std::string_view ep = endpoint;

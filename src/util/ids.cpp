@@ -27,7 +27,9 @@ std::string random_base62(size_t n) {
 std::string new_id(std::string_view prefix) { return std::string(prefix) + random_base62(24); }
 
 std::string new_request_id() {
-  // xorshift64* over a per-thread random seed: 2^64 period, 20 characters of ~5.95 bits each.
+  // "req_" and 32 hex digits, as OpenAI's: 128 bits of xorshift64* over a per-thread random seed
+  // (2^64 period). A request id names a request in logs and traces; it is no secret, so a fast
+  // generator seeded from the OS's is enough.
   thread_local uint64_t state = [] {
     uint64_t s = 0;
     while (s == 0) {
@@ -35,16 +37,16 @@ std::string new_request_id() {
     }
     return s;
   }();
-  std::string out = "req_";
-  out.reserve(24);
-  while (out.size() < 24) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  char out[36] = {'r', 'e', 'q', '_'};
+  for (int half = 0; half < 2; ++half) {
     state ^= state >> 12;
     state ^= state << 25;
     state ^= state >> 27;
     uint64_t r = state * 0x2545F4914F6CDD1DULL;
-    for (int i = 0; i < 10 && out.size() < 24; ++i, r /= 62) out.push_back(kAlphabet[r % 62]);
+    for (int i = 0; i < 16; ++i, r >>= 4) out[4 + half * 16 + i] = kHex[r & 15];
   }
-  return out;
+  return std::string(out, sizeof out);
 }
 
 }  // namespace aicloud

@@ -11,7 +11,7 @@ std::string random_base62(size_t n);
 // prefix + 24 random base62 characters (~143 bits): unguessable, so ids never leak existence.
 std::string new_id(std::string_view prefix);
 
-// "req_" + 20 base62 characters for x-request-id: unique, not secret, so drawn from a per-thread
+// "req_" + 32 hex digits (as OpenAI's) for x-request-id: unique, not secret, so drawn from a per-thread
 // generator (seeded from the CSPRNG) rather than RAND_bytes, which cost 4% of a proxied request.
 std::string new_request_id();
 
