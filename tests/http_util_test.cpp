@@ -1,7 +1,9 @@
 // HTTP helpers as a library: routing, request targets, strict JSON bodies, list shape, metrics.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -578,4 +580,48 @@ TEST(Json, TopLevelMemberFindsOnlyTopLevelKeys) {
   EXPECT_EQ(keys, (std::vector<std::string>{"a", "b", "c", "usage"}));
   EXPECT_TRUE(aicloud::for_each_top_level_member(" { } ", [](std::string_view, std::string_view) { return true; }));
   EXPECT_FALSE(aicloud::for_each_top_level_member(R"({"a":1,})", [](std::string_view, std::string_view) { return true; }));
+}
+
+// Generated documents, with strings long and short, escapes at every offset of the eight-byte
+// steps the walk takes through strings, and nesting: the members it finds are the parser's.
+TEST(Json, TopLevelMembersAgreeWithTheParserOnGeneratedDocuments) {
+  std::mt19937 rng(6122026);
+  auto pick = [&](int n) { return int(rng() % unsigned(n)); };
+  std::function<json(int)> value = [&](int depth) -> json {
+    int kind = pick(depth > 3 ? 3 : 5);
+    if (kind == 0) return pick(1000) - 500;
+    if (kind == 1) return pick(2) == 0;
+    if (kind == 2) {
+      std::string str;
+      for (int i = pick(3) == 0 ? pick(60) : pick(8); i > 0; --i) {
+        const char* parts[] = {"a", "\\", "\"", "}", "]", "{", "[", ",", ":", " ", "\u00e9", "\n", "xyzw"};
+        str += parts[pick(13)];
+      }
+      return str;
+    }
+    json v = kind == 3 ? json::array() : json::object();
+    for (int i = pick(4); i > 0; --i) {
+      if (kind == 3) v.push_back(value(depth + 1));
+      else v["k" + std::to_string(pick(5)) + (pick(2) ? "\"\\" : "")] = value(depth + 1);
+    }
+    return v;
+  };
+  for (int round = 0; round < 2000; ++round) {
+    json doc = json::object();
+    for (int i = pick(6); i > 0; --i) doc["m" + std::to_string(i) + std::string(size_t(pick(9)), '\\')] = value(0);
+    std::string text = doc.dump(pick(2) ? -1 : 1);
+    std::vector<std::pair<std::string, json>> seen;
+    ASSERT_TRUE(aicloud::for_each_top_level_member(text, [&](std::string_view k, std::string_view v) {
+      seen.emplace_back(json::parse("\"" + std::string(k) + "\"").get<std::string>(), json::parse(v));
+      return true;
+    })) << text;
+    ASSERT_EQ(seen.size(), doc.size()) << text;
+    for (const auto& [k, v] : seen) EXPECT_EQ(doc.at(k), v) << text;
+    // Cut short anywhere inside, the walk says so (or stops at a member it had whole).
+    std::string cut = text.substr(0, size_t(pick(int(text.size()))));
+    aicloud::for_each_top_level_member(cut, [&](std::string_view, std::string_view v) {
+      EXPECT_LE(v.data() + v.size(), cut.data() + cut.size());
+      return true;
+    });
+  }
 }
