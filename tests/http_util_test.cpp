@@ -5,6 +5,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "api/context.h"
@@ -483,6 +484,25 @@ TEST(ListJson, Shape) {
 }
 
 // ---- metrics ----
+
+// Threads count into shards of their own; what is rendered is every thread's count.
+TEST(Metrics, CountsFromManyThreadsAddUp) {
+  http::Metrics m({"/v1/chat/completions"}, {"POST"});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 9; ++t) {
+    threads.emplace_back([&m, t] {
+      for (int i = 0; i < 1000; ++i) m.record(0, t % 2 ? 200 : 429, 300);
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::string out = m.render(0);
+  const std::string l = "route=\"/v1/chat/completions\",method=\"POST\"";
+  EXPECT_NE(out.find("aicloud_http_requests_total{" + l + ",status=\"200\"} 4000\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("aicloud_http_requests_total{" + l + ",status=\"429\"} 5000\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("aicloud_http_request_duration_seconds_bucket{" + l + ",le=\"0.0005\"} 9000\n"), std::string::npos);
+  EXPECT_NE(out.find("aicloud_http_request_duration_seconds_count{" + l + "} 9000\n"), std::string::npos);
+  EXPECT_NE(out.find("aicloud_http_request_duration_seconds_sum{" + l + "} 2.7\n"), std::string::npos) << out;
+}
 
 TEST(Metrics, RenderCountersAndHistograms) {
   http::Metrics m({"/v1/items", "/v1/items/{id}"}, {"GET", "POST"});

@@ -73,7 +73,10 @@ nlohmann::json rate_limit_json(const std::string& model, const RateLimits& l) {
           {"max_tokens_per_1_minute_per_key", l.tokens_per_minute_per_key}};
 }
 
-RateLimiter::RateLimiter(Store& store) : store_(store) {
+RateLimiter::RateLimiter(Store& store) : store_(store), id_([] {
+  static std::atomic<uint64_t> made{0};
+  return ++made;
+}()) {
   table_ = std::make_shared<const std::unordered_map<std::string, RateLimits>>();
   try {
     reload();
@@ -110,6 +113,7 @@ void RateLimiter::reload() {
   table_ = std::move(table);
   defaults_ = defaults;
   loaded_generation_ = gen;
+  table_version_.fetch_add(1);
 }
 
 void RateLimiter::run() {
@@ -136,15 +140,23 @@ void RateLimiter::run() {
 }
 
 RateLimits RateLimiter::limits_for(const std::string& project_id, const std::string& model) const {
-  std::shared_ptr<const std::unordered_map<std::string, RateLimits>> t;
-  RateLimits defaults;
-  {
+  struct Seen {
+    uint64_t limiter = 0, version = 0;
+    std::shared_ptr<const std::unordered_map<std::string, RateLimits>> table;
+    RateLimits defaults;
+    std::string lookup;  // rate_limit_lookup's text, built here without an allocation per request
+  };
+  thread_local Seen seen;
+  if (seen.limiter != id_ || seen.version != table_version_.load()) {
     std::lock_guard lk(table_mu_);
-    t = table_;
-    defaults = defaults_;
+    seen.limiter = id_;
+    seen.version = table_version_.load();
+    seen.table = table_;
+    seen.defaults = defaults_;
   }
-  auto it = t->find(rate_limit_lookup(project_id, model));
-  return it == t->end() ? defaults : it->second;
+  seen.lookup.assign(project_id).append("/").append(model);
+  auto it = seen.table->find(seen.lookup);
+  return it == seen.table->end() ? seen.defaults : it->second;
 }
 
 // Refills b up to capacity; a changed limit keeps what was used (the level moves by the change).

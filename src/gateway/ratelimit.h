@@ -110,6 +110,11 @@ class RateLimiter {
   std::shared_ptr<const std::unordered_map<std::string, RateLimits>> table_;  // lookup -> limits
   RateLimits defaults_;  // the operator's, for what the table lacks (guarded by table_mu_)
   uint64_t loaded_generation_ = 0;
+  // Moved (under table_mu_) whenever table_ or defaults_ is: each thread keeps the pair it last
+  // saw and takes the lock only when this has moved (a lock and a reference per request were
+  // cache lines the io threads handed back and forth).
+  std::atomic<uint64_t> table_version_{0};
+  const uint64_t id_;  // this limiter among those made (a thread's kept pair names its limiter)
 
   std::mutex mu_;  // the buckets
   std::unordered_map<std::string, Bucket> buckets_;

@@ -17,6 +17,7 @@
 #include "identity/crypto.h"
 #include "identity/roles.h"
 #include "store/store.h"
+#include "util/sharded.h"
 
 namespace aicloud {
 
@@ -71,8 +72,8 @@ class AuthService {
   size_t cache_size() const;
   // Requests answered from the cache, and those that had to read the store (a first use, or
   // the first use after invalidate()); /metrics exports both, bench/http/run.sh checks them.
-  uint64_t cache_hits() const { return hits_.load(std::memory_order_relaxed); }
-  uint64_t cache_misses() const { return misses_.load(std::memory_order_relaxed); }
+  uint64_t cache_hits() const { return hits_.load(); }
+  uint64_t cache_misses() const { return misses_.load(); }
 
  private:
   struct Membership {
@@ -92,7 +93,7 @@ class AuthService {
   };
 
   std::shared_ptr<Entry> load(std::string_view token, const std::string& hash);
-  void note_use(const std::shared_ptr<Entry>& e);
+  void note_use(Entry& e);
 
   Store& store_;
   mutable std::shared_mutex mu_;
@@ -107,7 +108,8 @@ class AuthService {
   };
   std::unordered_map<Sha256, std::shared_ptr<Entry>, DigestHash> cache_;
   std::atomic<uint64_t> epoch_{0};  // bumped by invalidate(); a load that raced it is not cached
-  std::atomic<uint64_t> hits_{0}, misses_{0};
+  ShardedCounter hits_, misses_;
+  const uint64_t id_;  // this service among those made (each thread's front cache names its service)
 
   std::mutex dirty_mu_;
   std::unordered_map<std::string, std::pair<std::string, int64_t>> dirty_;  // id -> (kind, ts)
