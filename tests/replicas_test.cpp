@@ -1,6 +1,9 @@
 // The gateway's replica directory (gateway/replicas.h): picking, tenancy, the model index.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <thread>
+
 #include "gateway/replicas.h"
 
 namespace aicloud::gateway {
@@ -42,6 +45,44 @@ TEST(Replicas, PicksTheLeastLoadedReadyReplicaAndSkipsExcludedOnes) {
   ReplicaDirectory::release(*p3);
   auto peaks = dir.outstanding_by_deployment();
   EXPECT_EQ(peaks["dep_a"], 2) << "the most in flight at once since the last look";
+}
+
+// Each thread picks from its own copy of the directory; the loads they see are everyone's, a
+// change reaches every thread's next pick, and a peak survives the change until it is looked at.
+TEST(Replicas, PicksOnEveryThreadShareTheLoadsAndSeeChanges) {
+  ReplicaDirectory dir;
+  dir.set(deployment("dep_a", "tiny", "org_1", {replica("r1", 1001), replica("r2", 1002)}));
+  std::optional<Pick> other;
+  std::thread([&] { other = dir.pick("tiny", "org_1"); }).join();
+  ASSERT_TRUE(other);
+  auto mine = dir.pick("tiny", "org_1");
+  ASSERT_TRUE(mine);
+  EXPECT_NE(mine->replica().id, other->replica().id) << "the other thread's request counts here";
+  ReplicaDirectory::release(*other);
+  ReplicaDirectory::release(*mine);
+  dir.set(deployment("dep_a", "tiny", "org_1", {replica("r1", 1001), replica("r2", 1002), replica("r3", 1003)}));
+  std::vector<std::string> seen;
+  std::thread([&] {
+    for (int i = 0; i < 3; ++i) seen.push_back(dir.pick("tiny", "org_1")->replica().id);
+  }).join();
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<std::string>{"r1", "r2", "r3"})) << "the new replica is picked on that thread too";
+  auto peaks = dir.outstanding_by_deployment();
+  EXPECT_EQ(peaks["dep_a"], 3) << "three in flight (none released), after a peak of 2 before the change";
+  dir.remove("dep_a");
+  EXPECT_FALSE(dir.pick("tiny", "org_1")) << "a removal reaches this thread's next pick";
+  EXPECT_FALSE(dir.serves("tiny", "org_1"));
+}
+
+TEST(Replicas, APeakIsKeptAcrossAChangeUntilLookedAt) {
+  ReplicaDirectory dir;
+  dir.set(deployment("dep_a", "tiny", "org_1", {replica("r1", 1001)}));
+  auto a = dir.pick("tiny", "org_1"), b = dir.pick("tiny", "org_1");
+  ReplicaDirectory::release(*a);
+  ReplicaDirectory::release(*b);
+  dir.set(deployment("dep_a", "tiny", "org_1", {replica("r1", 1001), replica("r2", 1002)}));
+  EXPECT_EQ(dir.outstanding_by_deployment()["dep_a"], 2);
+  EXPECT_EQ(dir.outstanding_by_deployment()["dep_a"], 0) << "a look resets the peak";
 }
 
 TEST(Replicas, AnotherOrganizationsDeploymentIsInvisibleAndTheCatalogIsShared) {

@@ -11,6 +11,7 @@ void ReplicaDirectory::set(Deployment d) {
     // Keep the in-flight counters of replicas that stay, so that picking stays fair.
     auto old = deployments_.find(d.id);
     if (old != deployments_.end()) {
+      d.peak = old->second->peak;
       for (auto& r : d.replicas) {
         for (const auto& o : old->second->replicas) {
           if (o.id == r.id) r.outstanding = o.outstanding;
@@ -33,6 +34,7 @@ void ReplicaDirectory::set(Deployment d) {
     by_model_[stored->model].push_back(stored);
     auto& slot = deployments_[stored->id];
     slot = std::move(stored);
+    version_.fetch_add(1);
   }
   for (auto& f : ready) f();
 }
@@ -50,22 +52,41 @@ void ReplicaDirectory::remove(const std::string& deployment_id) {
   if (it == deployments_.end()) return;
   unindex(*it->second);
   deployments_.erase(it);
+  version_.fetch_add(1);
+}
+
+const ReplicaDirectory::View& ReplicaDirectory::view() const {
+  thread_local View v;
+  if (v.directory != id_ || v.version != version_.load()) {
+    std::lock_guard lk(mu_);
+    v.by_model.clear();
+    for (const auto& [model, deployments] : by_model_) {
+      auto& mine = v.by_model[model];
+      for (const auto& d : deployments) mine.push_back(std::make_shared<const Deployment>(*d));
+    }
+    v.directory = id_;
+    v.version = version_.load();
+  }
+  return v;
 }
 
 bool ReplicaDirectory::serves(const std::string& model, const std::string& org) const {
-  std::lock_guard lk(mu_);
-  bool found = false;
-  for_each_usable(model, org, [&](const Snapshot&) { found = true; });
-  return found;
+  const View& v = view();
+  auto it = v.by_model.find(model);
+  if (it == v.by_model.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(), [&](const Snapshot& d) { return usable(*d, model, org); });
 }
 
 std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::string& org,
                                            const std::vector<std::string>& exclude) const {
-  std::lock_guard lk(mu_);
+  const View& v = view();
+  auto it = v.by_model.find(model);
+  if (it == v.by_model.end()) return std::nullopt;
   const Replica* best = nullptr;
   const Snapshot* best_dep = nullptr;
   int best_load = 0;
-  for_each_usable(model, org, [&](const Snapshot& d) {
+  for (const Snapshot& d : it->second) {
+    if (!usable(*d, model, org)) continue;
     for (const auto& r : d->replicas) {
       if (std::find(exclude.begin(), exclude.end(), r.id) != exclude.end()) continue;
       int load = r.outstanding->load();
@@ -75,13 +96,14 @@ std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::
         best_load = load;
       }
     }
-  });
+  }
   if (!best) return std::nullopt;
   best->outstanding->fetch_add(1);
   int total = 0;
   for (const auto& r : (*best_dep)->replicas) total += r.outstanding->load();
-  int& peak = peak_[(*best_dep)->id];
-  peak = std::max(peak, total);
+  std::atomic<int>& peak = *(*best_dep)->peak;
+  for (int seen = peak.load(); total > seen && !peak.compare_exchange_weak(seen, total);) {
+  }
   return Pick{*best_dep, best};
 }
 
@@ -121,15 +143,10 @@ std::map<std::string, int> ReplicaDirectory::outstanding_by_deployment() {
   for (const auto& [id, d] : deployments_) {
     int n = 0;
     for (const auto& r : d->replicas) n += r.outstanding->load();
-    auto p = peak_.find(id);
-    if (p != peak_.end()) {
-      n = std::max(n, p->second);
-      peak_.erase(p);
-    }
+    n = std::max(n, d->peak->exchange(0));
     for (const auto& [wid, w] : waiters_) n += usable(*d, w.model, w.org);
     out[id] = n;
   }
-  peak_.clear();  // (peaks of deployments removed meanwhile)
   return out;
 }
 

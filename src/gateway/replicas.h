@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,6 +35,9 @@ struct Deployment {
   std::string owner_org;   // "" = a catalog deployment every organization may use
   std::vector<Replica> replicas;  // ready ones only
   bool scale_to_zero = false;     // may have no replica and wake on a request
+  // The most requests in flight at once since outstanding_by_deployment() last looked (kept, like
+  // each replica's `outstanding`, across set()).
+  std::shared_ptr<std::atomic<int>> peak = std::make_shared<std::atomic<int>>(0);
 };
 
 // What pick() found: a replica of a deployment as the directory knew it then. The snapshot is
@@ -89,11 +93,25 @@ class ReplicaDirectory {
   void unindex(const Deployment& d);
 
   using Snapshot = std::shared_ptr<const Deployment>;
+  // What a thread picks from: its own copies of the deployments by model, remade when version_
+  // has moved since. A pick took mu_ and a reference to a snapshot shared by every io thread: two
+  // cache lines that each request moved between the threads' caches. A copy shares its replicas'
+  // counters (and its peak) with the directory's snapshot, so the loads it sees are everyone's.
+  struct View {
+    uint64_t directory = 0, version = 0;
+    std::unordered_map<std::string, std::vector<Snapshot>> by_model;
+  };
+  const View& view() const;
+
   mutable std::mutex mu_;
+  std::atomic<uint64_t> version_{0};  // moved (under mu_) by every change of the deployments
+  const uint64_t id_ = [] {
+    static std::atomic<uint64_t> made{0};
+    return ++made;
+  }();
   std::map<std::string, Snapshot> deployments_;
   // model name -> its deployments (the same snapshots as deployments_).
   std::map<std::string, std::vector<Snapshot>, std::less<>> by_model_;
-  mutable std::map<std::string, int> peak_;  // deployment -> most in flight since the last look
   std::function<void(const std::string&)> wake_;
   struct Waiter {
     std::string model, org;
