@@ -4,6 +4,7 @@
 # the test is reported as skipped, not failed. `make fuzz` runs it longer (fuzz/README.md).
 option(AICLOUD_FUZZ "Build the libFuzzer target with clang++ and run it briefly in the tests" ON)
 set(AICLOUD_FUZZ_SECONDS 25 CACHE STRING "How long the fuzz_http_request test fuzzes, in seconds")
+set(AICLOUD_FUZZ_ANSWER_SECONDS 15 CACHE STRING "How long the fuzz_upstream_answer test fuzzes, in seconds")
 
 set(_fuzz_skip "")
 if(NOT AICLOUD_FUZZ)
@@ -45,13 +46,20 @@ if(_fuzz_skip STREQUAL "")
     CMAKE_ARGS ${_fuzz_args}
     INSTALL_COMMAND ""
     BUILD_ALWAYS ON  # its own build decides what is out of date (src/http/router.cpp, ...)
-    BUILD_BYPRODUCTS ${CMAKE_BINARY_DIR}/fuzz/http_request_fuzzer)
+    BUILD_BYPRODUCTS ${CMAKE_BINARY_DIR}/fuzz/http_request_fuzzer ${CMAKE_BINARY_DIR}/fuzz/upstream_answer_fuzzer)
   add_test(NAME fuzz_http_request
            COMMAND bash ${CMAKE_SOURCE_DIR}/fuzz/run.sh ${CMAKE_BINARY_DIR}/fuzz/http_request_fuzzer
                    ${AICLOUD_FUZZ_SECONDS} ${CMAKE_BINARY_DIR}/fuzz-ctest)
   set_tests_properties(fuzz_http_request PROPERTIES TIMEOUT 300 LABELS fuzz)
+  add_test(NAME fuzz_upstream_answer
+           COMMAND env FUZZ_CORPUS=${CMAKE_SOURCE_DIR}/fuzz/corpus-answer
+                   bash ${CMAKE_SOURCE_DIR}/fuzz/run.sh ${CMAKE_BINARY_DIR}/fuzz/upstream_answer_fuzzer
+                   ${AICLOUD_FUZZ_ANSWER_SECONDS} ${CMAKE_BINARY_DIR}/fuzz-ctest-answer)
+  set_tests_properties(fuzz_upstream_answer PROPERTIES TIMEOUT 300 LABELS fuzz)
 else()
   message(STATUS "fuzz: the fuzz_http_request test will be skipped: ${_fuzz_skip}")
   add_test(NAME fuzz_http_request COMMAND sh -c "echo 'fuzz_http_request skipped: ${_fuzz_skip}'; exit 77")
   set_tests_properties(fuzz_http_request PROPERTIES SKIP_RETURN_CODE 77 LABELS fuzz)
+  add_test(NAME fuzz_upstream_answer COMMAND sh -c "echo 'fuzz_upstream_answer skipped: ${_fuzz_skip}'; exit 77")
+  set_tests_properties(fuzz_upstream_answer PROPERTIES SKIP_RETURN_CODE 77 LABELS fuzz)
 endif()

@@ -174,8 +174,15 @@ bool AnswerParser::parse_field(std::string_view name, std::string_view value) {
         // coding last means the body runs to the connection's end (RFC 9112 §6.3).
         has_te_ = true;
         std::string_view last;
-        each_element(value, [&](std::string_view e) { last = trim_ows(e.substr(0, e.find(';'))); });
-        if (!last.empty()) chunked_ = is(last, "chunked");
+        bool tokens = true;
+        each_element(value, [&](std::string_view e) {
+          last = trim_ows(e.substr(0, e.find(';')));
+          for (char c : last) tokens = tokens && kToken[static_cast<unsigned char>(c)];
+          tokens = tokens && !last.empty();
+        });
+        // A list that is not of codings frames nothing: the answer's length cannot be known.
+        if (!tokens || last.empty()) return bad("Transfer-Encoding '" + std::string(value.substr(0, 64)) + "'");
+        chunked_ = is(last, "chunked");
         return true;
       }
       break;
@@ -187,13 +194,17 @@ bool AnswerParser::parse_field(std::string_view name, std::string_view value) {
 }
 
 // The head is whole: how the body is framed (RFC 9112 §6.3), and whether the connection stays.
-void AnswerParser::end_head() {
+bool AnswerParser::end_head() {
   keep_alive_ = !conn_close_ && (http11_ || conn_keep_alive_);
   const unsigned status = head.status;
   if (status == 204 || status == 304) {  // never a body, whatever the fields say
     state_ = State::kDone;
   } else if (has_te_) {
-    if (has_length_) keep_alive_ = false;  // both framings: Transfer-Encoding wins, and the connection is not trusted after
+    // Both framings: chunked wins, and the connection is not trusted after. Without chunked the
+    // answer would run to the connection's end or stop at the length, depending on whom one asks
+    // (the way answers are smuggled): refused.
+    if (has_length_ && !chunked_) return bad("Transfer-Encoding without chunked, and a Content-Length");
+    if (has_length_) keep_alive_ = false;
     state_ = chunked_ ? State::kChunkSize : State::kToEof;
   } else if (has_length_) {
     state_ = remaining_ > 0 ? State::kBody : State::kDone;
@@ -201,6 +212,7 @@ void AnswerParser::end_head() {
     state_ = State::kToEof;
   }
   to_eof_ = state_ == State::kToEof;
+  return true;
 }
 
 size_t AnswerParser::put(std::string_view data, Result& r) {
@@ -245,7 +257,7 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
           remaining_ = 0;
           continue;
         }
-        end_head();
+        if (!end_head()) return error_result(r, at);
         continue;
       }
       case State::kBody:
