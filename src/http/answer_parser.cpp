@@ -107,6 +107,26 @@ AnswerParser::Line AnswerParser::next_line(std::string_view rest, std::string_vi
   return Line::kWhole;
 }
 
+AnswerParser::Line AnswerParser::field_section(std::string_view rest, bool head_section) {
+  std::string_view line;
+  for (;;) {
+    Line l = next_line(rest, line);
+    if (l == Line::kBad) return l;
+    if (line_at_ > kHeadLimit || (l == Line::kNeedMore && rest.size() > kHeadLimit)) {
+      bad(std::string(head_section ? "a head" : "trailers") + " over " + std::to_string(kHeadLimit) + " bytes");
+      return Line::kBad;
+    }
+    if (l == Line::kNeedMore) return l;
+    if (head_section && head.status == 0) {
+      if (!parse_status(line)) return Line::kBad;
+    } else if (line.empty()) {
+      return Line::kWhole;
+    } else if (!parse_field_line(line, head_section)) {
+      return Line::kBad;
+    }
+  }
+}
+
 bool AnswerParser::parse_status(std::string_view line) {
   // HTTP/1.x SP 3DIGIT [SP reason]
   if (line.size() < 12 || line.substr(0, 7) != "HTTP/1." || line[7] < '0' || line[7] > '9' || line[8] != ' ' ||
@@ -232,22 +252,9 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
       case State::kHead: {
         // Line by line, each parsed once, as it becomes whole: nothing is used until the head
         // is, so line_at_ (how far it has been parsed) stays valid across calls.
-        std::string_view line;
-        for (;;) {
-          Line l = next_line(rest, line);
-          if (l == Line::kBad) return error_result(r, at);
-          if (line_at_ > kHeadLimit || (l == Line::kNeedMore && rest.size() > kHeadLimit)) {
-            return error("a head over " + std::to_string(kHeadLimit) + " bytes");
-          }
-          if (l == Line::kNeedMore) return need_more();
-          if (head.status == 0) {
-            if (!parse_status(line)) return error_result(r, at);
-          } else if (!line.empty()) {
-            if (!parse_field_line(line, true)) return error_result(r, at);
-          } else {
-            break;
-          }
-        }
+        Line l = field_section(rest, true);
+        if (l == Line::kBad) return error_result(r, at);
+        if (l == Line::kNeedMore) return need_more();
         at += line_at_;
         line_at_ = 0;
         if (head.status < 200) {  // an interim answer (1xx): skipped, the real one follows
@@ -311,17 +318,9 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         continue;
       case State::kTrailers: {
         // Trailer fields, looked at and dropped, then the blank line that ends the answer.
-        std::string_view line;
-        for (;;) {
-          Line l = next_line(rest, line);
-          if (l == Line::kBad) return error_result(r, at);
-          if (line_at_ > kHeadLimit || (l == Line::kNeedMore && rest.size() > kHeadLimit)) {
-            return error("trailers over " + std::to_string(kHeadLimit) + " bytes");
-          }
-          if (l == Line::kNeedMore) return need_more();
-          if (line.empty()) break;
-          if (!parse_field_line(line, false)) return error_result(r, at);
-        }
+        Line l = field_section(rest, false);
+        if (l == Line::kBad) return error_result(r, at);
+        if (l == Line::kNeedMore) return need_more();
         at += line_at_;
         line_at_ = 0;
         state_ = State::kDone;

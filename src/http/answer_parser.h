@@ -61,6 +61,10 @@ class AnswerParser {
   static size_t error_result(Result& r, size_t at);
   // The line that starts line_at_ bytes into rest, without its CRLF; moves line_at_ past it.
   Line next_line(std::string_view rest, std::string_view& line);
+  // The lines of a head (the status line first) or of trailers, from line_at_ up to the blank
+  // line that ends them: kWhole when line_at_ is past it. Head fields are taken in; trailers
+  // are only checked.
+  Line field_section(std::string_view rest, bool head_section);
   bool parse_status(std::string_view line);
   // A field line: checked, then (keep) taken in; trailers are only checked.
   bool parse_field_line(std::string_view line, bool keep);
