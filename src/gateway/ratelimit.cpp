@@ -73,10 +73,7 @@ nlohmann::json rate_limit_json(const std::string& model, const RateLimits& l) {
           {"max_tokens_per_1_minute_per_key", l.tokens_per_minute_per_key}};
 }
 
-RateLimiter::RateLimiter(Store& store) : store_(store), id_([] {
-  static std::atomic<uint64_t> made{0};
-  return ++made;
-}()) {
+RateLimiter::RateLimiter(Store& store) : store_(store), id_(new_instance_id()) {
   table_ = std::make_shared<const std::unordered_map<std::string, RateLimits>>();
   try {
     reload();

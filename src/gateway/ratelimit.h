@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "store/store.h"
+#include "util/per_thread.h"
 
 namespace aicloud::gateway {
 

@@ -13,10 +13,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <unordered_map>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
+
+#include "util/per_thread.h"
 
 namespace aicloud::gateway {
 
@@ -105,10 +107,7 @@ class ReplicaDirectory {
 
   mutable std::mutex mu_;
   std::atomic<uint64_t> version_{0};  // moved (under mu_) by every change of the deployments
-  const uint64_t id_ = [] {
-    static std::atomic<uint64_t> made{0};
-    return ++made;
-  }();
+  const uint64_t id_ = new_instance_id();
   std::map<std::string, Snapshot> deployments_;
   // model name -> its deployments (the same snapshots as deployments_).
   std::map<std::string, std::vector<Snapshot>, std::less<>> by_model_;

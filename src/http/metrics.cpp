@@ -2,7 +2,7 @@
 
 #include <sstream>
 
-#include "util/sharded.h"
+#include "util/per_thread.h"
 
 namespace aicloud::http {
 
@@ -12,7 +12,6 @@ Metrics::Metrics(std::vector<std::string> route_names, std::vector<std::string> 
   methods_.push_back("");
   routes_ = std::make_unique<PerRoute[]>(kShards * names_.size());
 }
-
 
 void Metrics::record(int route, unsigned status, int64_t latency_us) {
   size_t i = route < 0 || size_t(route) >= names_.size() - 1 ? names_.size() - 1 : size_t(route);

@@ -34,10 +34,7 @@ std::string redact_secret(std::string_view s) {
   return std::string(s.substr(0, head + 3)) + "..." + std::string(s.substr(s.size() - 4));
 }
 
-AuthService::AuthService(Store& store) : store_(store), id_([] {
-  static std::atomic<uint64_t> made{0};
-  return ++made;
-}()) {}
+AuthService::AuthService(Store& store) : store_(store), id_(new_instance_id()) {}
 
 size_t AuthService::cache_size() const {
   std::shared_lock lk(mu_);

@@ -17,7 +17,7 @@
 #include "identity/crypto.h"
 #include "identity/roles.h"
 #include "store/store.h"
-#include "util/sharded.h"
+#include "util/per_thread.h"
 
 namespace aicloud {
 

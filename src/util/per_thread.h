@@ -1,7 +1,8 @@
-// Counting from many threads without sharing a cache line: each thread adds to a shard of its own
-// (shards are given out in turn as threads first count), and a reader sums them. A counter that
-// every request bumps, in one shared atomic, is a cache line the io threads hand back and forth
-// on every request.
+// State kept per thread, so that the io threads do not write the same cache lines for every
+// request (a line written by two cores moves between their caches each time):
+//   - counters that each thread adds to a shard of its own (shards are given out in turn as
+//     threads first count) and a reader sums;
+//   - ids for objects whose per-thread caches must tell which object they came from.
 #pragma once
 #include <array>
 #include <atomic>
@@ -15,6 +16,13 @@ inline size_t thread_shard(size_t n) {
   static std::atomic<size_t> next{0};
   thread_local const size_t mine = next.fetch_add(1, std::memory_order_relaxed);
   return mine % n;
+}
+
+// A number no other object of this process has had: a per-thread cache keeps its owner's, since
+// an owner's address can be reused by a later one.
+inline uint64_t new_instance_id() {
+  static std::atomic<uint64_t> made{0};
+  return made.fetch_add(1) + 1;
 }
 
 class ShardedCounter {
