@@ -206,9 +206,9 @@ void Meter::record(UsageRecord&& r, std::function<void(bool)> on_durable) {
     return;
   }
   lk.unlock();
-  ++committed_;
-  ++commits_;
-  commit_us_ += micros_since(t0);
+  committed_.add();
+  commits_.add();
+  commit_us_.add(uint64_t(micros_since(t0)));
   if (on_durable) on_durable(true);
 }
 
@@ -221,7 +221,7 @@ void Meter::complete(Segment& s, uint64_t upto, bool ok) {
       s.waiters.pop_front();
     }
   }
-  if (ok) committed_ += int64_t(done.size());
+  if (ok) committed_.add(done.size());
   for (auto& w : done) {
     if (w.done) w.done(ok);
   }
@@ -239,8 +239,8 @@ void Meter::sync_loop() {
     lk.unlock();
     auto t0 = std::chrono::steady_clock::now();
     bool ok = ::fdatasync(seg->file.fd) == 0;
-    commit_us_ += micros_since(t0);
-    ++commits_;
+    commit_us_.add(uint64_t(micros_since(t0)));
+    commits_.add();
     if (ok) {
       complete(*seg, upto, true);
     } else {
