@@ -41,8 +41,14 @@ int64_t ms_until(double level, double need, int64_t capacity) {
 
 }  // namespace
 
+void rate_limit_lookup(std::string& out, const std::string& project_id, const std::string& model) {
+  out.assign(project_id).append("/").append(model);
+}
+
 std::string rate_limit_lookup(const std::string& project_id, const std::string& model) {
-  return project_id + "/" + model;
+  std::string out;
+  rate_limit_lookup(out, project_id, model);
+  return out;
 }
 
 RateLimits default_rate_limits(const nlohmann::json& settings) {
@@ -141,7 +147,7 @@ RateLimits RateLimiter::limits_for(const std::string& project_id, const std::str
     uint64_t limiter = 0, version = 0;
     std::shared_ptr<const std::unordered_map<std::string, RateLimits>> table;
     RateLimits defaults;
-    std::string lookup;  // rate_limit_lookup's text, built here without an allocation per request
+    std::string lookup;  // rate_limit_lookup's text, kept here: no allocation per request
   };
   thread_local Seen seen;
   if (seen.limiter != id_ || seen.version != table_version_.load()) {
@@ -151,7 +157,7 @@ RateLimits RateLimiter::limits_for(const std::string& project_id, const std::str
     seen.table = table_;
     seen.defaults = defaults_;
   }
-  seen.lookup.assign(project_id).append("/").append(model);
+  rate_limit_lookup(seen.lookup, project_id, model);
   auto it = seen.table->find(seen.lookup);
   return it == seen.table->end() ? seen.defaults : it->second;
 }

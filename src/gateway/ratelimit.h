@@ -50,6 +50,8 @@ struct RateLimits {
 // The store object: kind "rate_limit", lookup "<project_id>/<model>", data holds the fields.
 inline constexpr const char* kRateLimitKind = "rate_limit";
 std::string rate_limit_lookup(const std::string& project_id, const std::string& model);
+// The same text written into out (replacing what it held): no allocation once out has room.
+void rate_limit_lookup(std::string& out, const std::string& project_id, const std::string& model);
 RateLimits rate_limits_from(const nlohmann::json& data, const RateLimits& defaults = {});
 // The operator's defaults for every project and model without limits of its own: the
 // "default_rate_limits" of /admin/v1/settings (`settings` is read_settings()), else the constants

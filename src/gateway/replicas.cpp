@@ -71,22 +71,17 @@ const ReplicaDirectory::View& ReplicaDirectory::view() const {
 }
 
 bool ReplicaDirectory::serves(const std::string& model, const std::string& org) const {
-  const View& v = view();
-  auto it = v.by_model.find(model);
-  if (it == v.by_model.end()) return false;
-  return std::any_of(it->second.begin(), it->second.end(), [&](const Snapshot& d) { return usable(*d, model, org); });
+  bool found = false;
+  for_each_usable(view().by_model, model, org, [&](const Snapshot&) { found = true; });
+  return found;
 }
 
 std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::string& org,
                                            const std::vector<std::string>& exclude) const {
-  const View& v = view();
-  auto it = v.by_model.find(model);
-  if (it == v.by_model.end()) return std::nullopt;
   const Replica* best = nullptr;
   const Snapshot* best_dep = nullptr;
   int best_load = 0;
-  for (const Snapshot& d : it->second) {
-    if (!usable(*d, model, org)) continue;
+  for_each_usable(view().by_model, model, org, [&](const Snapshot& d) {
     for (const auto& r : d->replicas) {
       if (std::find(exclude.begin(), exclude.end(), r.id) != exclude.end()) continue;
       int load = r.outstanding->load();
@@ -96,7 +91,7 @@ std::optional<Pick> ReplicaDirectory::pick(const std::string& model, const std::
         best_load = load;
       }
     }
-  }
+  });
   if (!best) return std::nullopt;
   best->outstanding->fetch_add(1);
   int total = 0;
@@ -118,7 +113,7 @@ void ReplicaDirectory::wake(const std::string& model, const std::string& org) co
   {
     std::lock_guard lk(mu_);
     f = wake_;
-    for_each_usable(model, org, [&](const Snapshot& d) { ids.push_back(d->id); });
+    for_each_usable(by_model_, model, org, [&](const Snapshot& d) { ids.push_back(d->id); });
   }
   if (f) {
     for (const auto& id : ids) f(id);

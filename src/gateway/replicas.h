@@ -83,11 +83,12 @@ class ReplicaDirectory {
   static bool usable(const Deployment& d, const std::string& model, const std::string& org) {
     return d.model == model && (d.owner_org.empty() || d.owner_org == org);
   }
-  // The deployments usable by `org` under the name `model` (from the index; under mu_).
-  template <typename F>
-  void for_each_usable(const std::string& model, const std::string& org, F&& f) const {
-    auto it = by_model_.find(model);
-    if (it == by_model_.end()) return;
+  // The deployments usable by `org` under the name `model`, from an index by model name (by_model_,
+  // under mu_, or a thread's View).
+  template <typename Index, typename F>
+  static void for_each_usable(const Index& by_model, const std::string& model, const std::string& org, F&& f) {
+    auto it = by_model.find(model);
+    if (it == by_model.end()) return;
     for (const auto& d : it->second) {
       if (usable(*d, model, org)) f(d);
     }

@@ -13,6 +13,13 @@ constexpr size_t kChunkLineLimit = 4096;  // a chunk's size line, extensions inc
 
 bool is_ows(char c) { return c == ' ' || c == '\t'; }
 
+int hex_digit(char c) {  // -1: not one
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
 constexpr std::array<bool, 256> kToken = [] {  // RFC 9110 tchar
   std::array<bool, 256> t{};
   for (int c = 33; c < 127; ++c) t[size_t(c)] = true;
@@ -252,11 +259,10 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
       case State::kHead: {
         // Line by line, each parsed once, as it becomes whole: nothing is used until the head
         // is, so line_at_ (how far it has been parsed) stays valid across calls.
-        Line l = field_section(rest, true);
-        if (l == Line::kBad) return error_result(r, at);
-        if (l == Line::kNeedMore) return need_more();
-        at += line_at_;
-        line_at_ = 0;
+        if (Line l = field_section(rest, true); l != Line::kWhole) {
+          return l == Line::kBad ? error_result(r, at) : need_more();
+        }
+        at += std::exchange(line_at_, 0);
         if (head.status < 200) {  // an interim answer (1xx): skipped, the real one follows
           if (head.status == 101) return error("101 Switching Protocols, which was not asked for");
           head = {};
@@ -294,7 +300,7 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         size_t i = 0;
         for (; i < line.size(); ++i) {
           char c = line[i];
-          int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+          int d = hex_digit(c);
           if (d < 0) break;
           if (size >> 56) return error("a chunk over 2^60 bytes");
           size = size * 16 + uint64_t(d);
@@ -304,8 +310,7 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         if (digits == 0 || (i < line.size() && line[i] != ';') || !value_ok(line.substr(i))) {
           return error("chunk-size line '" + std::string(line.substr(0, 64)) + "'");
         }
-        at += line_at_;
-        line_at_ = 0;
+        at += std::exchange(line_at_, 0);
         remaining_ = size;
         state_ = size > 0 ? State::kChunkData : State::kTrailers;
         continue;
@@ -318,11 +323,10 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         continue;
       case State::kTrailers: {
         // Trailer fields, looked at and dropped, then the blank line that ends the answer.
-        Line l = field_section(rest, false);
-        if (l == Line::kBad) return error_result(r, at);
-        if (l == Line::kNeedMore) return need_more();
-        at += line_at_;
-        line_at_ = 0;
+        if (Line l = field_section(rest, false); l != Line::kWhole) {
+          return l == Line::kBad ? error_result(r, at) : need_more();
+        }
+        at += std::exchange(line_at_, 0);
         state_ = State::kDone;
         continue;
       }
