@@ -311,7 +311,7 @@ TEST_F(BadInput, MalformedRequestIs400OrClosed) {
       " GET /healthz HTTP/1.1\r\n\r\n",
       "G(T /healthz HTTP/1.1\r\n\r\n",
       std::string("GET /he\0lthz HTTP/1.1\r\nHost: x\r\n\r\n", sizeof("GET /he\0lthz HTTP/1.1\r\nHost: x\r\n\r\n") - 1),
-      "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",  // a TLS ClientHello on the plain-text port
+      std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 15),  // a TLS ClientHello on the plain-text port
       "GET /healthz HTTP/1.1\r\nNoColonHere\r\n\r\n",
       "GET /healthz HTTP/1.1\r\nBad Name: x\r\n\r\n",
       "GET /healthz HTTP/1.1\r\nHost: x\r\nX: a\x01z\r\n\r\n",

@@ -28,7 +28,7 @@ class CannedUpstream : public http::Handler {
   http::Response handle(http::Request& req, const std::string&) override {
     {
       std::lock_guard lk(mu);
-      last_auth = std::string(req[http::bhttp::field::authorization]);
+      last_auth = std::string(req.field("authorization").value_or(""));
       last_target = std::string(req.target());
       last_body = req.body();
       ++requests;

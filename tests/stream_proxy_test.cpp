@@ -50,8 +50,10 @@ class Upstream : public Handler {
       return r;
     }
     if (req.target().starts_with("/head")) {  // what arrived: the request line, fields and body
-      r.body = std::string(req.method_string()) + " " + std::string(req.target()) + "\n";
-      for (const auto& f : req) r.body += std::string(f.name_string()) + ": " + std::string(f.value()) + "\n";
+      r.body = std::string(req.method()) + " " + std::string(req.target()) + "\n";
+      for (size_t i = 0; i < req.field_count(); ++i) {
+        r.body += std::string(req.field_at(i).name) + ": " + std::string(req.field_at(i).value) + "\n";
+      }
       r.body += "\n" + req.body();
       r.content_type = "text/plain";
       return r;
@@ -104,7 +106,7 @@ class Proxy : public Handler {
     ++handled;
     auto s = std::make_shared<ResponseStream>();
     UpstreamRequest up;
-    up.method = std::string(req.method_string());
+    up.method = std::string(req.method());
     up.target = std::string(req.target());
     up.body = req.body();
     auto whole = std::make_shared<Response>();

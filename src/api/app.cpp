@@ -48,7 +48,7 @@ http::Response App::protocol_error(unsigned status, const std::string& message) 
 
 // A client-supplied x-request-id is kept when it is short and plain, so that traces join up.
 static std::string request_id_for(const http::Request& req) {
-  if (auto found = http::field_value(req, "x-request-id")) {
+  if (auto found = req.field("x-request-id")) {
     std::string_view v = *found;
     bool ok = !v.empty() && v.size() <= 64;
     for (char ch : v) ok = ok && (isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.');
@@ -58,7 +58,7 @@ static std::string request_id_for(const http::Request& req) {
 }
 
 static std::string_view bearer_token(const http::Request& req) {
-  auto found = http::field_value(req, bhttp::field::authorization);
+  auto found = req.field("authorization");
   if (!found) return {};
   std::string_view v = *found;
   if (v.size() > 7 && strncasecmp(v.data(), "Bearer ", 7) == 0) {
@@ -84,7 +84,7 @@ http::Response App::handle(http::Request& req, const std::string& remote_addr) {
   std::string request_id = request_id_for(req);
   http::Target target;
   http::RouteMatch match;
-  std::string method(req.method_string());
+  std::string method(req.method());
   http::Response res;
   int route = -1;
   std::optional<Principal> principal;  // for the log line only (taken when it is written)
@@ -131,7 +131,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
   http::Response res;
   try {
     if (spec.access != Access::kPublic) {
-      std::string_view org_hint = http::field_value(c.req, "openai-organization").value_or(std::string_view());
+      std::string_view org_hint = c.req.field("openai-organization").value_or(std::string_view());
       c.principal = auth_.authenticate(bearer_token(c.req), org_hint);
       if (spec.access == Access::kOperator && !c.principal->is_operator()) {
         throw forbidden("This endpoint is for the cloud operator only.", "operator_only");
@@ -149,7 +149,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
     // reads one (login and sign-up too: a browser form may post text/plain cross-site without a
     // preflight, so accepting it would let any web page log a visitor in).
     if ((spec.mutation || spec.method == "POST") && !spec.raw && !c.req.body().empty()) {
-      std::string_view v = http::field_value(c.req, bhttp::field::content_type).value_or(std::string_view());
+      std::string_view v = c.req.field("content-type").value_or(std::string_view());
       if (!is_json_media_type(v)) {
         throw ApiError(415, "invalid_request_error",
                        "Unsupported Content-Type '" + std::string(v) + "': send the body as application/json.",
@@ -163,11 +163,11 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
     if (spec.mutation) {
       c.body = parse_json_body(c.req.body());
 
-      std::string idem_key(http::field_value(c.req, "idempotency-key").value_or(std::string_view()));
+      std::string idem_key(c.req.field("idempotency-key").value_or(std::string_view()));
       if (idem_key.size() > 255) throw invalid_field("Idempotency-Key", "The Idempotency-Key header must be at most 255 characters.");
       std::string idem_scope = c.principal ? c.principal->actor_id : "anonymous";
       std::string req_hash =
-          sha256_hex(std::string(c.req.method_string()) + " " + c.target.path + "\n" + std::string(c.req.body()));
+          sha256_hex(std::string(c.req.method()) + " " + c.target.path + "\n" + std::string(c.req.body()));
 
       auto tx = store_.begin(true);
       c.tx = tx.get();
@@ -235,7 +235,7 @@ http::Response App::run(Context& c, const RouteSpec& spec) {
 void App::resolve_project(Context& c) {
   Principal& p = *c.principal;
   if (p.type == PrincipalType::kProjectKey) return;
-  auto hdr = http::field_value(c.req, "openai-project");
+  auto hdr = c.req.field("openai-project");
   if (!hdr || hdr->empty()) {
     throw forbidden("This endpoint acts in a project: use a project API key (sk-proj-...), or name the project in "
                     "the OpenAI-Project header.",

@@ -80,8 +80,7 @@ bool is_json_type(std::string_view v) {
 }
 
 std::string content_type(const Context& c) {
-  auto it = c.req.find(http::bhttp::field::content_type);
-  return it == c.req.end() ? std::string() : std::string(it->value());
+  return std::string(c.req.field("content-type").value_or(std::string_view()));
 }
 
 // A raw route's JSON body, with the checks the App makes for ordinary routes.
@@ -905,11 +904,11 @@ void add_model_routes(App& app, const std::string& data_dir) {
     r.headers.emplace_back("accept-ranges", "bytes");
     r.headers.emplace_back("etag", "\"" + m->sha256 + "\"");
     r.headers.emplace_back("x-model-sha256", m->sha256);
-    auto rh = c.req.find(http::bhttp::field::range);
+    auto rh = c.req.field("range");
     uint64_t first = 0, last = size ? size - 1 : 0;
     bool ranged = false;
     try {
-      ranged = rh != c.req.end() && parse_range(rh->value(), size, first, last);
+      ranged = rh && parse_range(*rh, size, first, last);
     } catch (const ApiError& e) {
       if (e.status != 416) throw;
       http::Response bad = json_response(416, e.to_json());

@@ -438,7 +438,7 @@ Gateway::Lane& Gateway::this_lane() {
 Gateway::~Gateway() = default;
 
 http::Response Gateway::handle(Context& c, const char* endpoint, const char* path) {
-  auto ct = http::field_value(c.req, http::bhttp::field::content_type);
+  auto ct = c.req.field("content-type");
   if (!ct || !is_json_type(*ct)) {
     throw ApiError(415, "invalid_request_error", "Send the request body as application/json.", "unsupported_media_type");
   }

@@ -5,84 +5,26 @@
 #include <cstring>
 #include <utility>
 
+#include "http/fields.h"
+
 namespace aicloud::http {
 
 namespace {
 
 constexpr size_t kChunkLineLimit = 4096;  // a chunk's size line, extensions included
 
-bool is_ows(char c) { return c == ' ' || c == '\t'; }
-
-int hex_digit(char c) {  // -1: not one
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-constexpr std::array<bool, 256> kToken = [] {  // RFC 9110 tchar
-  std::array<bool, 256> t{};
-  for (int c = 33; c < 127; ++c) t[size_t(c)] = true;
-  for (char c : std::string_view("()<>@,;:\\\"/[]?={}")) t[static_cast<unsigned char>(c)] = false;
-  return t;
-}();
-
-// A field value may hold visible bytes, obs-text, spaces and tabs; never NUL, CR, LF or another
-// control byte.
-constexpr std::array<bool, 256> kValue = [] {
-  std::array<bool, 256> t{};
-  t['\t'] = true;
-  for (int c = 0x20; c < 256; ++c) t[size_t(c)] = c != 0x7f;
-  return t;
-}();
-
-bool value_ok(std::string_view v) {
-  for (unsigned char c : v) {
-    if (!kValue[c]) return false;
-  }
-  return true;
-}
-
-std::string_view trim_ows(std::string_view v) {
-  while (!v.empty() && is_ows(v.front())) v.remove_prefix(1);
-  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
-  return v;
-}
-
-// Whether a token equals a lower-case name, in any case. (c | 0x20 maps only 'A'-'Z' onto
-// 'a'-'z', among the bytes a token can hold, and leaves '-' and digits as they are.)
-bool is(std::string_view token, std::string_view lower) {
-  if (token.size() != lower.size()) return false;
-  for (size_t i = 0; i < token.size(); ++i) {
-    if ((token[i] | 0x20) != lower[i]) return false;
-  }
-  return true;
-}
-
-// Calls f on each element of a comma-separated list (RFC 9110 §5.6.1), trimmed; empty ones skipped.
-template <class F>
-void each_element(std::string_view v, F&& f) {
-  while (!v.empty()) {
-    size_t comma = v.find(',');
-    std::string_view e = trim_ows(v.substr(0, comma));
-    if (!e.empty()) f(e);
-    if (comma == std::string_view::npos) break;
-    v.remove_prefix(comma + 1);
-  }
-}
-
 // The fields a relay does not pass on: hop-by-hop ones, framing (the server frames the client's
 // answer itself), and Server and Date (the server's own). Told apart by length first: most
 // fields are compared with nothing.
 bool not_relayed(std::string_view n) {
   switch (n.size()) {
-    case 2: return is(n, "te");
-    case 4: return is(n, "date");
-    case 6: return is(n, "server");
-    case 7: return is(n, "trailer") || is(n, "upgrade");
-    case 10: return is(n, "keep-alive");
-    case 18: return is(n, "proxy-authenticate");
-    case 19: return is(n, "proxy-authorization");
+    case 2: return token_is(n, "te");
+    case 4: return token_is(n, "date");
+    case 6: return token_is(n, "server");
+    case 7: return token_is(n, "trailer") || token_is(n, "upgrade");
+    case 10: return token_is(n, "keep-alive");
+    case 18: return token_is(n, "proxy-authenticate");
+    case 19: return token_is(n, "proxy-authorization");
     default: return false;
   }
 }
@@ -153,36 +95,36 @@ bool AnswerParser::parse_status(std::string_view line) {
 
 bool AnswerParser::parse_field_line(std::string_view line, bool keep) {
   size_t i = 0;
-  while (i < line.size() && kToken[static_cast<unsigned char>(line[i])]) ++i;
+  while (i < line.size() && kTokenChar[static_cast<unsigned char>(line[i])]) ++i;
   if (i == line.size() || line[i] != ':' || i == 0) {
     if (!line.empty() && is_ows(line[0])) return bad("a field folded onto the next line");
     if (line.find(':') == std::string_view::npos) return bad("a field line without ':'");
     return bad("field name '" + std::string(line.substr(0, std::min<size_t>(line.find(':'), 64))) + "'");
   }
   std::string_view name = line.substr(0, i), value = trim_ows(line.substr(i + 1));
-  if (!value_ok(value)) return bad("a control byte in field " + std::string(name));
+  if (!value_chars_ok(value)) return bad("a control byte in field " + std::string(name));
   return !keep || parse_field(name, value);
 }
 
 bool AnswerParser::parse_field(std::string_view name, std::string_view value) {
   switch (name.size()) {
     case 10:
-      if (is(name, "connection")) {
+      if (token_is(name, "connection")) {
         each_element(value, [&](std::string_view e) {
-          if (is(e, "close")) conn_close_ = true;
-          else if (is(e, "keep-alive")) conn_keep_alive_ = true;
+          if (token_is(e, "close")) conn_close_ = true;
+          else if (token_is(e, "keep-alive")) conn_keep_alive_ = true;
         });
         return true;
       }
       break;
     case 12:
-      if (is(name, "content-type")) {
+      if (token_is(name, "content-type")) {
         head.content_type.assign(value);
         return true;
       }
       break;
     case 14:
-      if (is(name, "content-length")) {
+      if (token_is(name, "content-length")) {
         if (value.empty() || value.size() > 18) return bad("Content-Length '" + std::string(value) + "'");
         uint64_t n = 0;
         for (char c : value) {
@@ -196,7 +138,7 @@ bool AnswerParser::parse_field(std::string_view name, std::string_view value) {
       }
       break;
     case 17:
-      if (is(name, "transfer-encoding")) {
+      if (token_is(name, "transfer-encoding")) {
         // The body is chunked when chunked is the last coding of the last such field; any other
         // coding last means the body runs to the connection's end (RFC 9112 §6.3).
         has_te_ = true;
@@ -204,12 +146,12 @@ bool AnswerParser::parse_field(std::string_view name, std::string_view value) {
         bool tokens = true;
         each_element(value, [&](std::string_view e) {
           last = trim_ows(e.substr(0, e.find(';')));
-          for (char c : last) tokens = tokens && kToken[static_cast<unsigned char>(c)];
+          for (char c : last) tokens = tokens && kTokenChar[static_cast<unsigned char>(c)];
           tokens = tokens && !last.empty();
         });
         // A list that is not of codings frames nothing: the answer's length cannot be known.
         if (!tokens || last.empty()) return bad("Transfer-Encoding '" + std::string(value.substr(0, 64)) + "'");
-        chunked_ = is(last, "chunked");
+        chunked_ = token_is(last, "chunked");
         return true;
       }
       break;
@@ -307,7 +249,7 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         }
         size_t digits = i;
         while (i < line.size() && is_ows(line[i])) ++i;
-        if (digits == 0 || (i < line.size() && line[i] != ';') || !value_ok(line.substr(i))) {
+        if (digits == 0 || (i < line.size() && line[i] != ';') || !value_chars_ok(line.substr(i))) {
           return error("chunk-size line '" + std::string(line.substr(0, 64)) + "'");
         }
         at += std::exchange(line_at_, 0);

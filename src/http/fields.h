@@ -1,5 +1,6 @@
-// Checks for header fields that the server and the upstream pool write by hand (no Beast
-// serializer): a field that could split the message it is written into is dropped, never sent.
+// The syntax of header fields (RFC 9110 §5), for the messages aicloud writes by hand (no Beast
+// serializer: a field that could split the message it is written into is dropped, never sent)
+// and for the parsers of what it reads (http/request_parser.h, http/answer_parser.h).
 #pragma once
 #include <strings.h>
 
@@ -7,6 +8,67 @@
 #include <string_view>
 
 namespace aicloud::http {
+
+// RFC 9110 tchar: the bytes of a token (a field name, a method, a coding).
+inline constexpr std::array<bool, 256> kTokenChar = [] {
+  std::array<bool, 256> t{};
+  for (int c = 33; c < 127; ++c) t[size_t(c)] = true;
+  for (char c : std::string_view("()<>@,;:\\\"/[]?={}")) t[static_cast<unsigned char>(c)] = false;
+  return t;
+}();
+
+// The bytes a received field value may hold: visible bytes, obs-text, spaces and tabs; never
+// NUL, CR, LF or another control byte.
+inline constexpr std::array<bool, 256> kValueChar = [] {
+  std::array<bool, 256> t{};
+  t['\t'] = true;
+  for (int c = 0x20; c < 256; ++c) t[size_t(c)] = c != 0x7f;
+  return t;
+}();
+
+inline bool is_ows(char c) { return c == ' ' || c == '\t'; }
+
+inline bool value_chars_ok(std::string_view v) {
+  for (unsigned char c : v) {
+    if (!kValueChar[c]) return false;
+  }
+  return true;
+}
+
+inline std::string_view trim_ows(std::string_view v) {
+  while (!v.empty() && is_ows(v.front())) v.remove_prefix(1);
+  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
+  return v;
+}
+
+// Whether a token equals a lower-case name, in any case. (c | 0x20 maps only 'A'-'Z' onto
+// 'a'-'z', among the bytes a token can hold, and leaves '-' and digits as they are.)
+inline bool token_is(std::string_view token, std::string_view lower) {
+  if (token.size() != lower.size()) return false;
+  for (size_t i = 0; i < token.size(); ++i) {
+    if ((token[i] | 0x20) != lower[i]) return false;
+  }
+  return true;
+}
+
+// Calls f on each element of a comma-separated list (RFC 9110 §5.6.1), trimmed; empty ones skipped.
+template <class F>
+void each_element(std::string_view v, F&& f) {
+  while (!v.empty()) {
+    size_t comma = v.find(',');
+    std::string_view e = trim_ows(v.substr(0, comma));
+    if (!e.empty()) f(e);
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+}
+
+inline int hex_digit(char c) {  // -1: not one
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
 
 // Case-insensitive equality of field names.
 inline bool same_field(std::string_view a, std::string_view b) {
@@ -16,15 +78,9 @@ inline bool same_field(std::string_view a, std::string_view b) {
 // A field name must be an RFC 9110 token. (Every field of every response passes here: a table,
 // not a strchr per byte.)
 inline bool field_name_ok(std::string_view n) {
-  static constexpr auto token = [] {
-    std::array<bool, 256> t{};
-    for (int c = 33; c < 127; ++c) t[c] = true;
-    for (char c : std::string_view("()<>@,;:\\\"/[]?={}")) t[static_cast<unsigned char>(c)] = false;
-    return t;
-  }();
   if (n.empty()) return false;
   for (unsigned char ch : n) {
-    if (!token[ch]) return false;
+    if (!kTokenChar[ch]) return false;
   }
   return true;
 }

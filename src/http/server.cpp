@@ -17,6 +17,7 @@
 
 #include "http/fields.h"
 #include "http/io_types.h"
+#include "http/request_parser.h"
 #include "http/ready_read.h"
 #include "http/write_now.h"
 #include "http/stream.h"
@@ -162,7 +163,8 @@ static void response_head(std::string& h, unsigned version, const Response& r, b
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(TcpSocket sock, Server::Impl& srv, size_t ctx)
-      : stream_(std::move(sock)), srv_(srv), ctx_(ctx), buffer_(srv.opts.header_limit + kReadAhead) {
+      : stream_(std::move(sock)), srv_(srv), ctx_(ctx), buffer_(srv.opts.header_limit + kReadAhead),
+        parser_(srv.opts.header_limit, srv.opts.body_limit) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -208,10 +210,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   void read_request() {
     if (srv_.stopping) return close();
-    parser_.emplace();
-    parser_->eager(true);  // the body too, in the put() that finishes the header (parse_request)
-    parser_->body_limit(srv_.opts.body_limit);
-    parser_->header_limit(static_cast<std::uint32_t>(srv_.opts.header_limit));
+    parser_.start(req_);
     if (buffer_.size() > 0) {
       busy_ = true;  // a pipelined request has begun
       return read_header();
@@ -239,38 +238,29 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void parse_request() {
-    for (;;) {
-      beast::error_code ec = bhttp::error::need_more;
-      size_t used = 0;
-      if (buffer_.size() > 0) {
-        used = parser_->put(buffer_.data(), ec);
-        buffer_.consume(used);
-      }
-      if (header_timed_ && parser_->is_header_done()) {
-        header_timed_ = false;
-        stream_.expires_after(srv_.opts.body_timeout);
-      }
-      if (!ec && parser_->is_done()) return on_request();
-      if (ec && ec != bhttp::error::need_more) return on_read_error(ec);
-      if (!ec && used > 0) continue;  // (the parser stopped at a boundary: more to parse)
-      if (buffer_.size() >= buffer_.max_size()) return on_read_error(bhttp::error::buffer_overflow);
-      size_t room = std::min<size_t>(buffer_.max_size() - buffer_.size(), kReadAhead);
-      stream_.async_read_some(buffer_.prepare(room), [self = shared_from_this()](beast::error_code ec2, size_t n) {
-        self->buffer_.commit(n);
-        if (ec2 == asio::error::eof) {
-          // As Beast's reads: the end before any byte is end_of_stream, a cut-off request a
-          // partial_message (put_eof), and a request it completes is served.
-          if (!self->parser_->got_some()) return self->on_read_error(bhttp::error::end_of_stream);
-          self->parser_->put_eof(ec2);
-          if (ec2) return self->on_read_error(ec2);
-          if (self->parser_->is_done()) return self->on_request();
-          return self->on_read_error(bhttp::error::partial_message);
-        }
-        if (ec2) return self->on_read_error(ec2);
-        self->parse_request();
-      });
-      return;
+    RequestParser::Result res = RequestParser::Result::kNeedMore;
+    if (buffer_.size() > 0) {
+      auto in = buffer_.data();
+      buffer_.consume(parser_.put(std::string_view(static_cast<const char*>(in.data()), in.size()), res));
     }
+    if (header_timed_ && parser_.head_done()) {
+      header_timed_ = false;
+      stream_.expires_after(srv_.opts.body_timeout);
+    }
+    if (res == RequestParser::Result::kDone) return on_request();
+    if (res == RequestParser::Result::kError) return on_read_error(parser_.error());
+    if (buffer_.size() >= buffer_.max_size()) return on_read_error(bhttp::error::buffer_overflow);
+    size_t room = std::min<size_t>(buffer_.max_size() - buffer_.size(), kReadAhead);
+    stream_.async_read_some(buffer_.prepare(room), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->buffer_.commit(n);
+      if (ec == asio::error::eof) {
+        // The end before any byte is end_of_stream (the client is done), a cut-off request a
+        // partial_message: either way the connection closes without an answer.
+        return self->on_read_error(self->parser_.got_some() ? bhttp::error::partial_message : bhttp::error::end_of_stream);
+      }
+      if (ec) return self->on_read_error(ec);
+      self->parse_request();
+    });
   }
 
   // The read of a request's first bytes (http/ready_read.h) under the idle timeout: past it the
@@ -315,7 +305,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void on_request() {
-    Request req = parser_->release();
+    Request& req = req_;  // (kept by the session: its buffers' capacity serves the next request)
     Response r;
     try {
       r = srv_.handler.handle(req, remote_);
@@ -567,7 +557,8 @@ class Session : public std::enable_shared_from_this<Session> {
   Server::Impl& srv_;
   size_t ctx_;  // the index of the io_context (and thread) this session lives on
   beast::flat_buffer buffer_;
-  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  RequestParser parser_;
+  Request req_;
   std::string body_;  // a whole response's body while it is written (the head is in writing_)
   std::array<asio::const_buffer, 2> bufs_;  // the two, for write_now (valid until it is done)
   std::string remote_;

@@ -1,8 +1,8 @@
 // HTTP request and response as the API layer sees them.
 #pragma once
-#include <strings.h>
-
 #include <boost/beast/http.hpp>
+
+#include "http/request.h"
 
 #include <memory>
 #include <optional>
@@ -14,27 +14,7 @@
 namespace aicloud::http {
 
 namespace bhttp = boost::beast::http;
-using Request = bhttp::request<bhttp::string_body>;
-
 class ResponseStream;  // http/stream.h
-
-// The value of a request's first field of this name (any case), or none. A walk over the fields
-// in the order they came: a request has a handful, and the container's own lookup compared names
-// case-insensitively down a tree, ~250 instructions a lookup. A known field is told by the code
-// the parser gave it, an unknown one by its name.
-inline std::optional<std::string_view> field_value(const Request& req, bhttp::field known) {
-  for (const auto& f : req) {
-    if (f.name() == known) return std::string_view(f.value());
-  }
-  return std::nullopt;
-}
-inline std::optional<std::string_view> field_value(const Request& req, std::string_view name) {
-  for (const auto& f : req) {
-    std::string_view n = f.name_string();
-    if (n.size() == name.size() && strncasecmp(n.data(), name.data(), n.size()) == 0) return std::string_view(f.value());
-  }
-  return std::nullopt;
-}
 
 struct Response {
   unsigned status = 200;
