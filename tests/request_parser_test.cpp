@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "http/fields.h"
 #include "http/request_parser.h"
 
 using aicloud::http::Request;
@@ -244,6 +245,26 @@ TEST(RequestParser, LimitsOnTheHeadAndTheBody) {
   EXPECT_EQ(feed(chunked + "1;" + std::string(8192, 'e'), {1024}).error, bhttp::error::bad_chunk);
   // Trailers count against the head limit.
   EXPECT_EQ(whole(chunked + "0\r\nX: " + std::string(kHeadLimit, 't') + "\r\n\r\n").error, bhttp::error::header_limit);
+}
+
+// The word-at-a-time check of a field value's bytes against the table it stands for: every byte
+// value at every place of values of several lengths, alone and beside a tab.
+TEST(RequestParser, FieldValueBytesAreCheckedAsTheTableSays) {
+  using aicloud::http::kValueChar;
+  using aicloud::http::value_chars_ok;
+  for (size_t len : {1, 7, 8, 9, 16, 23}) {
+    for (size_t at = 0; at < len; ++at) {
+      for (int c = 0; c < 256; ++c) {
+        std::string v(len, 'a');
+        v[at] = char(c);
+        ASSERT_EQ(value_chars_ok(v), kValueChar[size_t(c)]) << "byte " << c << " at " << at << " of " << len;
+        if (len > 1) {
+          v[(at + 1) % len] = '\t';
+          ASSERT_EQ(value_chars_ok(v), kValueChar[size_t(c)]) << "byte " << c << " at " << at << " beside a tab";
+        }
+      }
+    }
+  }
 }
 
 // ---- agreement with Beast ----

@@ -131,7 +131,7 @@ class Proxy : public Handler {
         return;
       }
       if (stream) s->end();
-      else s->reply(*whole);
+      else s->reply(std::move(*whole));
     };
     auto call = pool->send("127.0.0.1", upstream_port, std::move(up), std::move(cb));
     s->on_cancel([this, call] {

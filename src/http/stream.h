@@ -22,7 +22,7 @@ namespace aicloud::http {
 class ResponseStream {
  public:
   // ---- producer side (any thread) ----
-  void reply(Response r) {
+  void reply(Response&& r) {
     Notify n;
     {
       std::lock_guard lk(mu_);
