@@ -113,6 +113,11 @@ RouteMatch Router::match(std::string_view method, std::string_view path) const {
 }
 
 bool percent_decode(std::string_view in, std::string& out, bool plus_is_space) {
+  // Most paths hold nothing to decode: copied whole (a request's path is decoded for every request).
+  if (in.find('%') == std::string_view::npos && (!plus_is_space || in.find('+') == std::string_view::npos)) {
+    out.assign(in);
+    return true;
+  }
   out.clear();
   out.reserve(in.size());
   for (size_t i = 0; i < in.size(); ++i) {
