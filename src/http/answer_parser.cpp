@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "http/fields.h"
+#include "http/message_lines.h"
 
 namespace aicloud::http {
 
@@ -42,38 +43,24 @@ bool AnswerParser::bad(std::string why) {
   return false;
 }
 
-AnswerParser::Line AnswerParser::next_line(std::string_view rest, std::string_view& line) {
-  const char* from = rest.data() + line_at_;
-  const void* nl = std::memchr(from, '\n', rest.size() - line_at_);
-  if (!nl) return Line::kNeedMore;
-  size_t len = size_t(static_cast<const char*>(nl) - from);
-  if (len == 0 || from[len - 1] != '\r') {
-    bad("a line not ended by CRLF");
-    return Line::kBad;
+// The head's lines (the status line first) or the trailers' (checked, then dropped), from
+// line_at_ to the blank line that ends them: kDone when line_at_ is past it.
+AnswerParser::Result AnswerParser::section(std::string_view rest, bool head_section) {
+  using namespace message_lines;
+  Status s = message_lines::section(rest, line_at_, kHeadLimit, [&](std::string_view line) {
+    if (head_section && head.status == 0) return parse_status(line) ? Next::kMore : Next::kRefused;
+    if (line.empty()) return Next::kEnd;
+    return parse_field_line(line, head_section) ? Next::kMore : Next::kRefused;
+  });
+  switch (s) {
+    case Status::kWhole: return Result::kDone;
+    case Status::kNeedMore: return Result::kNeedMore;
+    case Status::kBadEnding: return fail("a line not ended by CRLF");
+    case Status::kOverLimit:
+      return fail(std::string(head_section ? "a head" : "trailers") + " over " + std::to_string(kHeadLimit) + " bytes");
+    case Status::kRefused: break;  // (the line's parser said why)
   }
-  line = std::string_view(from, len - 1);
-  line_at_ += len + 1;
-  return Line::kWhole;
-}
-
-AnswerParser::Line AnswerParser::field_section(std::string_view rest, bool head_section) {
-  std::string_view line;
-  for (;;) {
-    Line l = next_line(rest, line);
-    if (l == Line::kBad) return l;
-    if (line_at_ > kHeadLimit || (l == Line::kNeedMore && rest.size() > kHeadLimit)) {
-      bad(std::string(head_section ? "a head" : "trailers") + " over " + std::to_string(kHeadLimit) + " bytes");
-      return Line::kBad;
-    }
-    if (l == Line::kNeedMore) return l;
-    if (head_section && head.status == 0) {
-      if (!parse_status(line)) return Line::kBad;
-    } else if (line.empty()) {
-      return Line::kWhole;
-    } else if (!parse_field_line(line, head_section)) {
-      return Line::kBad;
-    }
-  }
+  return Result::kError;
 }
 
 bool AnswerParser::parse_status(std::string_view line) {
@@ -110,10 +97,7 @@ bool AnswerParser::parse_field(std::string_view name, std::string_view value) {
   switch (name.size()) {
     case 10:
       if (token_is(name, "connection")) {
-        each_element(value, [&](std::string_view e) {
-          if (token_is(e, "close")) conn_close_ = true;
-          else if (token_is(e, "keep-alive")) conn_keep_alive_ = true;
-        });
+        connection_options(value, conn_close_, conn_keep_alive_);
         return true;
       }
       break;
@@ -201,8 +185,9 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
       case State::kHead: {
         // Line by line, each parsed once, as it becomes whole: nothing is used until the head
         // is, so line_at_ (how far it has been parsed) stays valid across calls.
-        if (Line l = field_section(rest, true); l != Line::kWhole) {
-          return l == Line::kBad ? error_result(r, at) : need_more();
+        if (Result h = section(rest, true); h != Result::kDone) {
+          r = h;
+          return at;
         }
         at += std::exchange(line_at_, 0);
         if (head.status < 200) {  // an interim answer (1xx): skipped, the real one follows
@@ -231,25 +216,14 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         return need_more();
       case State::kChunkSize: {
         // chunk-size [BWS ; extensions] CRLF
+        using message_lines::Status;
         std::string_view line;
-        Line l = next_line(rest, line);
-        if (l == Line::kBad) return error_result(r, at);
-        if (l == Line::kNeedMore) {
-          if (rest.size() > kChunkLineLimit) return error("a chunk-size line over 4096 bytes");
-          return need_more();
-        }
+        Status l = message_lines::line(rest, line_at_, kChunkLineLimit, line);
+        if (l == Status::kNeedMore) return need_more();
+        if (l == Status::kOverLimit) return error("a chunk-size line over 4096 bytes");
+        if (l == Status::kBadEnding) return error("a line not ended by CRLF");
         uint64_t size = 0;
-        size_t i = 0;
-        for (; i < line.size(); ++i) {
-          char c = line[i];
-          int d = hex_digit(c);
-          if (d < 0) break;
-          if (size >> 56) return error("a chunk over 2^60 bytes");
-          size = size * 16 + uint64_t(d);
-        }
-        size_t digits = i;
-        while (i < line.size() && is_ows(line[i])) ++i;
-        if (digits == 0 || (i < line.size() && line[i] != ';') || !value_chars_ok(line.substr(i))) {
+        if (!message_lines::chunk_size(line, size)) {
           return error("chunk-size line '" + std::string(line.substr(0, 64)) + "'");
         }
         at += std::exchange(line_at_, 0);
@@ -265,8 +239,9 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         continue;
       case State::kTrailers: {
         // Trailer fields, looked at and dropped, then the blank line that ends the answer.
-        if (Line l = field_section(rest, false); l != Line::kWhole) {
-          return l == Line::kBad ? error_result(r, at) : need_more();
+        if (Result t = section(rest, false); t != Result::kDone) {
+          r = t;
+          return at;
         }
         at += std::exchange(line_at_, 0);
         state_ = State::kDone;

@@ -54,17 +54,13 @@ class AnswerParser {
  private:
   enum class State { kHead, kBody, kToEof, kChunkSize, kChunkData, kChunkDataEnd, kTrailers, kDone, kError };
 
-  enum class Line { kWhole, kNeedMore, kBad };
-
   Result fail(std::string why);  // sets error_ and the error state
   bool bad(std::string why);     // fail(), for the parts that answer true or false
   static size_t error_result(Result& r, size_t at);
-  // The line that starts line_at_ bytes into rest, without its CRLF; moves line_at_ past it.
-  Line next_line(std::string_view rest, std::string_view& line);
   // The lines of a head (the status line first) or of trailers, from line_at_ up to the blank
-  // line that ends them: kWhole when line_at_ is past it. Head fields are taken in; trailers
+  // line that ends them: kDone when line_at_ is past it. Head fields are taken in; trailers
   // are only checked.
-  Line field_section(std::string_view rest, bool head_section);
+  Result section(std::string_view rest, bool head_section);
   bool parse_status(std::string_view line);
   // A field line: checked, then (keep) taken in; trailers are only checked.
   bool parse_field_line(std::string_view line, bool keep);

@@ -81,6 +81,15 @@ void each_element(std::string_view v, F&& f) {
   }
 }
 
+// The Connection field's options that say the connection's fate (RFC 9112 §9.3): close and
+// keep-alive, in any case, among the others. Several fields add up.
+inline void connection_options(std::string_view value, bool& close, bool& keep_alive) {
+  each_element(value, [&](std::string_view e) {
+    if (token_is(e, "close")) close = true;
+    else if (token_is(e, "keep-alive")) keep_alive = true;
+  });
+}
+
 inline int hex_digit(char c) {  // -1: not one
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "http/fields.h"
+#include "http/message_lines.h"
 
 namespace aicloud::http {
 
@@ -41,40 +42,25 @@ bool RequestParser::fail(Error e) {
   return false;
 }
 
-RequestParser::Line RequestParser::next_line(std::string_view rest, std::string_view& line) {
-  const char* from = rest.data() + line_at_;
-  const void* nl = std::memchr(from, '\n', rest.size() - line_at_);
-  if (!nl) return Line::kNeedMore;
-  size_t len = size_t(static_cast<const char*>(nl) - from);
-  line_at_ += len + 1;  // (a bad line too: a limit its end is past is the error reported)
-  if (len == 0 || from[len - 1] != '\r') {
-    fail(Error::bad_line_ending);
-    return Line::kBad;
-  }
-  line = std::string_view(from, len - 1);
-  return Line::kWhole;
-}
-
-RequestParser::Line RequestParser::field_section(std::string_view rest, bool head_section) {
+// The head's lines (the request line first) or the trailers' (checked, then dropped), from
+// line_at_ to the blank line that ends them; the error when one is refused or the bytes break
+// a limit. Field spans are taken from where the section starts.
+RequestParser::Result RequestParser::section(std::string_view rest, bool head) {
+  using namespace message_lines;
   head_base_ = rest.data();
-  std::string_view line;
-  for (;;) {
-    Line l = next_line(rest, line);
-    // Past the limit is an error whatever the line holds, so that the bytes read at once or in
-    // pieces (where the limit is reached before the line's end comes) fail alike.
-    if (line_at_ > head_limit_ || (l == Line::kNeedMore && rest.size() > head_limit_)) {
-      fail(Error::header_limit);
-      return Line::kBad;
-    }
-    if (l != Line::kWhole) return l;
-    if (head_section && !request_line_) {
-      if (!parse_request_line(line)) return Line::kBad;
-    } else if (line.empty()) {
-      return Line::kWhole;
-    } else if (!parse_field_line(line, head_section)) {
-      return Line::kBad;
-    }
+  Status s = message_lines::section(rest, line_at_, head_limit_, [&](std::string_view line) {
+    if (head && !request_line_) return parse_request_line(line) ? Next::kMore : Next::kRefused;
+    if (line.empty()) return Next::kEnd;
+    return parse_field_line(line, head) ? Next::kMore : Next::kRefused;
+  });
+  switch (s) {
+    case Status::kWhole: return Result::kDone;
+    case Status::kNeedMore: return Result::kNeedMore;
+    case Status::kBadEnding: fail(Error::bad_line_ending); break;
+    case Status::kOverLimit: fail(Error::header_limit); break;
+    case Status::kRefused: break;  // (the line's parser set the error)
   }
+  return Result::kError;
 }
 
 // METHOD SP request-target SP HTTP/1.x. The spans are offsets into the head, whose bytes start
@@ -115,10 +101,7 @@ bool RequestParser::parse_field_line(std::string_view line, bool keep) {
   switch (name.size()) {
     case 10:
       if (token_is(name, "connection")) {
-        each_element(value, [&](std::string_view e) {
-          if (token_is(e, "close")) conn_close_ = true;
-          else if (token_is(e, "keep-alive")) conn_keep_alive_ = true;
-        });
+        connection_options(value, conn_close_, conn_keep_alive_);
       }
       break;
     case 14:
@@ -181,9 +164,7 @@ size_t RequestParser::put(std::string_view data, Result& r) {
       case State::kHead: {
         // Line by line, each parsed once, as it becomes whole: nothing is used until the head
         // is, so line_at_ (how far it has been parsed) stays valid across calls.
-        if (Line l = field_section(rest, true); l != Line::kWhole) {
-          return result(l == Line::kBad ? Result::kError : Result::kNeedMore);
-        }
+        if (Result h = section(rest, true); h != Result::kDone) return result(h);
         size_t head = std::exchange(line_at_, 0);
         if (!end_head(rest.substr(0, head))) return result(Result::kError);
         at += head;
@@ -201,26 +182,13 @@ size_t RequestParser::put(std::string_view data, Result& r) {
       }
       case State::kChunkSize: {
         // chunk-size [BWS ; extensions] CRLF
+        using message_lines::Status;
         std::string_view line;
-        Line l = next_line(rest, line);
-        if (line_at_ > kChunkLineLimit || (l == Line::kNeedMore && rest.size() > kChunkLineLimit)) {
-          fail(Error::bad_chunk);  // (as for the head: past the limit, whatever the line holds)
-          return result(Result::kError);
-        }
-        if (l == Line::kBad) return result(Result::kError);
-        if (l == Line::kNeedMore) return result(Result::kNeedMore);
+        Status l = message_lines::line(rest, line_at_, kChunkLineLimit, line);
+        if (l == Status::kNeedMore) return result(Result::kNeedMore);
         uint64_t size = 0;
-        size_t i = 0;
-        for (; i < line.size(); ++i) {
-          int d = hex_digit(line[i]);
-          if (d < 0) break;
-          if (size >> 56) break;  // (over 2^60: over any limit)
-          size = size * 16 + uint64_t(d);
-        }
-        size_t digits = i;
-        while (i < line.size() && is_ows(line[i])) ++i;
-        if (digits == 0 || (i < line.size() && line[i] != ';') || !value_chars_ok(line.substr(i))) {
-          fail(Error::bad_chunk);
+        if (l != Status::kWhole || !message_lines::chunk_size(line, size)) {
+          fail(l == Status::kBadEnding ? Error::bad_line_ending : Error::bad_chunk);
           return result(Result::kError);
         }
         if (size > body_limit_ - std::min<uint64_t>(body_limit_, req_->body_.size())) {
@@ -243,9 +211,7 @@ size_t RequestParser::put(std::string_view data, Result& r) {
         continue;
       case State::kTrailers: {
         // Trailer fields, checked and dropped, then the blank line that ends the request.
-        if (Line l = field_section(rest, false); l != Line::kWhole) {
-          return result(l == Line::kBad ? Result::kError : Result::kNeedMore);
-        }
+        if (Result t = section(rest, false); t != Result::kDone) return result(t);
         at += std::exchange(line_at_, 0);
         state_ = State::kDone;
         continue;

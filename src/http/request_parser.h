@@ -48,15 +48,12 @@ class RequestParser {
 
  private:
   enum class State { kHead, kBody, kChunkSize, kChunkData, kChunkDataEnd, kTrailers, kDone, kError };
-  enum class Line { kWhole, kNeedMore, kBad };
   using Error = boost::beast::http::error;
 
   bool fail(Error e);  // sets error_ and the error state; returns false
-  // The line that starts line_at_ bytes into rest, without its CRLF; moves line_at_ past it.
-  Line next_line(std::string_view rest, std::string_view& line);
   // The lines of the head (the request line first) or of trailers, from line_at_ to the blank
-  // line that ends them: kWhole when line_at_ is past it.
-  Line field_section(std::string_view rest, bool head_section);
+  // line that ends them: kDone when line_at_ is past it.
+  Result section(std::string_view rest, bool head);
   bool parse_request_line(std::string_view line);
   bool parse_field_line(std::string_view line, bool keep);
   bool end_head(std::string_view head);
