@@ -17,6 +17,9 @@ constexpr size_t kChunkLineLimit = 4096;  // a chunk's size line, extensions inc
 // sending nothing.
 constexpr size_t kReserveLimit = 1 << 20;
 
+// A body buffer up to this size is kept by the session for its next request.
+constexpr size_t kKeepBodyCapacity = 64 * 1024;
+
 bool is_target_char(char c) { return c > 0x20 && c < 0x7f; }  // visible ASCII
 
 }  // namespace
@@ -24,7 +27,13 @@ bool is_target_char(char c) { return c > 0x20 && c < 0x7f; }  // visible ASCII
 void RequestParser::start(Request& req) {
   req.head_.clear();
   req.fields_.clear();
-  req.body_.clear();
+  // A large body's buffer is let go rather than kept for the next request: an idle keep-alive
+  // connection would otherwise hold up to the body limit.
+  if (req.body_.capacity() > kKeepBodyCapacity) {
+    std::string().swap(req.body_);
+  } else {
+    req.body_.clear();
+  }
   req.method_ = req.target_ = {};
   req.version_ = 11;
   req.keep_alive_ = true;
