@@ -287,6 +287,32 @@ TEST_F(StreamProxy, ARequestLineThatWouldSplitIsRefused) {
   }
 }
 
+// A client that asks to be told before it sends its body (curl, for large uploads) is told once
+// the head is read, then answered; one that does not ask, or speaks HTTP/1.0, is not told.
+TEST_F(StreamProxy, ExpectContinueIsAnsweredBeforeTheBody) {
+  RawConn conn(up_srv->url());
+  ASSERT_TRUE(conn.send("POST /head HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-Continue\r\n\r\n"));
+  RawResponse interim = conn.read_response(2s);
+  ASSERT_TRUE(interim.got_response) << "the client was left to wait out its own timer";
+  EXPECT_EQ(interim.status, 100u);
+  ASSERT_TRUE(conn.send("hello"));
+  RawResponse r = conn.read_response(5s);
+  ASSERT_TRUE(r.got_response);
+  EXPECT_EQ(r.status, 200u);
+  EXPECT_NE(r.body.find("\nhello"), std::string::npos) << r.body;
+  // The next request on the connection, without the expectation: no interim response.
+  ASSERT_TRUE(conn.send("POST /head HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"));
+  EXPECT_FALSE(conn.read_response(300ms).got_response);
+  ASSERT_TRUE(conn.send("ok"));
+  RawResponse r2 = conn.read_response(5s);
+  EXPECT_EQ(r2.status, 200u);
+  RawConn old(up_srv->url());
+  ASSERT_TRUE(old.send("POST /head HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"));
+  EXPECT_FALSE(old.read_response(300ms).got_response);
+  ASSERT_TRUE(old.send("ok"));
+  EXPECT_EQ(old.read_response(5s).status, 200u);
+}
+
 TEST_F(StreamProxy, StreamsArriveInPiecesAndEnd) {
   RawConn conn(proxy_srv->url());
   auto t0 = std::chrono::steady_clock::now();

@@ -139,6 +139,10 @@ class RawConn {
       }
       pos = e + 2;
     }
+    if (r.status < 200) {  // an interim response (100 Continue): a head alone, the final one follows
+      r.got_response = true;
+      return r;
+    }
     std::string cl = r.header("content-length");
     if (r.header("transfer-encoding").find("chunked") != std::string::npos) {
       while (true) {  // size line, data, CRLF; a zero size, then the (empty) trailer
