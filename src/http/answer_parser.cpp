@@ -1,8 +1,6 @@
 #include "http/answer_parser.h"
 
 #include <algorithm>
-#include <array>
-#include <cstring>
 #include <utility>
 
 #include "http/fields.h"
@@ -11,8 +9,6 @@
 namespace aicloud::http {
 
 namespace {
-
-constexpr size_t kChunkLineLimit = 4096;  // a chunk's size line, extensions included
 
 // The fields a relay does not pass on: hop-by-hop ones, framing (the server frames the client's
 // answer itself), and Server and Date (the server's own). Told apart by length first: most
@@ -218,7 +214,7 @@ size_t AnswerParser::put(std::string_view data, Result& r) {
         // chunk-size [BWS ; extensions] CRLF
         using message_lines::Status;
         std::string_view line;
-        Status l = message_lines::line(rest, line_at_, kChunkLineLimit, line);
+        Status l = message_lines::line(rest, line_at_, message_lines::kChunkLineLimit, line);
         if (l == Status::kNeedMore) return need_more();
         if (l == Status::kOverLimit) return error("a chunk-size line over 4096 bytes");
         if (l == Status::kBadEnding) return error("a line not ended by CRLF");

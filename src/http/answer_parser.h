@@ -12,8 +12,9 @@
 //   - fields "name: value" ended by CRLF; a name that is not a token, a field folded onto the
 //     next line, a NUL/CR/LF in a value, or a head over kHeadLimit bytes is an error;
 //   - the body framed by Transfer-Encoding (chunked last: chunks; else until the connection
-//     ends, and an error with a Content-Length too), else by Content-Length (one value, or the same value repeated), else, for 204, 304
-//     and the body-less, none, else until the connection ends;
+//     ends, and an error with a Content-Length too), else by Content-Length (one value, or the
+//     same value repeated), else, for 204, 304 and the body-less, none, else until the
+//     connection ends;
 //   - chunks with extensions (ignored) and trailers (looked at and dropped).
 // Keep-alive follows the version (1.1 keeps, 1.0 does not) and Connection's close/keep-alive; a
 // body that runs to the end of the connection leaves nothing to keep.

@@ -15,6 +15,9 @@ namespace aicloud::http::message_lines {
 
 enum class Status { kWhole, kNeedMore, kBadEnding, kOverLimit, kRefused };
 
+// The longest chunk-size line either parser takes, extensions included.
+inline constexpr size_t kChunkLineLimit = 4096;
+
 // The line that starts `at` bytes into rest, without its CRLF; moves `at` past it. A line not
 // ended by CRLF is kBadEnding. Past `limit` bytes (counted from rest's start) is kOverLimit,
 // whatever the line holds, so that the bytes read at once or in pieces (where the limit is

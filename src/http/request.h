@@ -6,13 +6,13 @@
 // of it. (Beast's request kept each field in a node of its own: an allocation and a tree
 // insertion per field, and a lookup of every name in its table of known fields.)
 #pragma once
-#include <strings.h>
-
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "http/fields.h"
 
 namespace aicloud::http {
 
@@ -35,9 +35,7 @@ class Request {
   // the order they came: a request has a handful.
   std::optional<std::string_view> field(std::string_view name) const {
     for (const FieldSpan& f : fields_) {
-      if (f.name.len == name.size() && strncasecmp(head_.data() + f.name.at, name.data(), name.size()) == 0) {
-        return view(f.value);
-      }
+      if (same_field(view(f.name), name)) return view(f.value);
     }
     return std::nullopt;
   }

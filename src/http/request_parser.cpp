@@ -1,7 +1,6 @@
 #include "http/request_parser.h"
 
 #include <algorithm>
-#include <cstring>
 #include <utility>
 
 #include "http/fields.h"
@@ -11,7 +10,6 @@ namespace aicloud::http {
 
 namespace {
 
-constexpr size_t kChunkLineLimit = 4096;  // a chunk's size line, extensions included
 // A declared body is reserved for up to this much at once; a larger one grows as it comes, so
 // that a client cannot make the server reserve its whole limit by declaring a length and
 // sending nothing.
@@ -193,7 +191,7 @@ size_t RequestParser::put(std::string_view data, Result& r) {
         // chunk-size [BWS ; extensions] CRLF
         using message_lines::Status;
         std::string_view line;
-        Status l = message_lines::line(rest, line_at_, kChunkLineLimit, line);
+        Status l = message_lines::line(rest, line_at_, message_lines::kChunkLineLimit, line);
         if (l == Status::kNeedMore) return result(Result::kNeedMore);
         uint64_t size = 0;
         if (l != Status::kWhole || !message_lines::chunk_size(line, size)) {

@@ -2,14 +2,14 @@
 #pragma once
 #include <boost/beast/http.hpp>
 
-#include "http/request.h"
-
 #include <memory>
 #include <optional>
 #include <string_view>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "http/request.h"
 
 namespace aicloud::http {
 
