@@ -4,6 +4,10 @@
 #include <array>
 #include <cstring>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include "util/error.h"
 
 namespace aicloud {
@@ -133,90 +137,106 @@ void BodyReader::done() const {
 
 namespace aicloud {
 
-bool for_each_top_level_member(std::string_view d,
+namespace {
+
+// The stops of the top-level walk below, found 16 bytes at a time (SSE2, in every x86-64): in a
+// string, its closing quote or a backslash; inside a nested value, a quote or a bracket or brace.
+// (Per byte, with a table, the walk was ~8 instructions a byte of a relayed answer.)
+const char* quote_or_backslash(const char* p, const char* end) {
+#ifdef __SSE2__
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+  for (; end - p >= 16; p += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i m = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
+    if (int bits = _mm_movemask_epi8(m)) return p + __builtin_ctz(unsigned(bits));
+  }
+#endif
+  while (p < end && *p != '"' && *p != '\\') ++p;
+  return p;
+}
+
+const char* quote_or_bracket(const char* p, const char* end) {
+  // '[' and ']' are '{' and '}' less 0x20, and no other byte becomes '{' or '}' with 0x20 set.
+  auto stop = [](unsigned char c) { return c == '"' || (c | 0x20) == '{' || (c | 0x20) == '}'; };
+#ifdef __SSE2__
+  const __m128i quote = _mm_set1_epi8('"'), bit5 = _mm_set1_epi8(0x20), open = _mm_set1_epi8('{'),
+                close = _mm_set1_epi8('}');
+  for (; end - p >= 16; p += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i folded = _mm_or_si128(v, bit5);
+    __m128i m = _mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                             _mm_or_si128(_mm_cmpeq_epi8(folded, open), _mm_cmpeq_epi8(folded, close)));
+    if (int bits = _mm_movemask_epi8(m)) return p + __builtin_ctz(unsigned(bits));
+  }
+#endif
+  while (p < end && !stop(static_cast<unsigned char>(*p))) ++p;
+  return p;
+}
+
+}  // namespace
+
+bool for_each_top_level_member(std::string_view doc,
                                const std::function<bool(std::string_view key, std::string_view value)>& f) {
-  size_t i = 0;
-  const size_t n = d.size();
+  const char* p = doc.data();
+  const char* const end = p + doc.size();
   auto skip_ws = [&] {
-    while (i < n && (d[i] == ' ' || d[i] == '\t' || d[i] == '\n' || d[i] == '\r')) ++i;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
   };
-  // At an opening quote: moves past the closing one; the raw text between them. The quote and
-  // the backslashes are found by memchr (a completion's text is most of an answer).
+  // At an opening quote: moves past the closing one; the raw text between them.
   auto string = [&]() -> std::optional<std::string_view> {
-    size_t begin = ++i;
-    while (i < n) {
-      const char* q = static_cast<const char*>(std::memchr(d.data() + i, '"', n - i));
-      if (!q) break;
-      size_t quote = size_t(q - d.data());
-      const char* b = static_cast<const char*>(std::memchr(d.data() + i, '\\', quote - i));
-      if (!b) {
-        i = quote + 1;
-        return d.substr(begin, quote - begin);
-      }
-      i = size_t(b - d.data()) + 2;  // past the escape and the byte it escapes
+    const char* begin = ++p;
+    while ((p = quote_or_backslash(p, end)) < end) {
+      if (*p == '"') return std::string_view(begin, size_t(p++ - begin));
+      p += 2;  // past the escape and the byte it escapes
     }
-    i = n;
+    p = end;
     return std::nullopt;
   };
-  // The bytes a walk over a value stops at: a scalar's ends, and inside an object or array the
-  // bytes that open or close something (a table: one load and test per byte skipped).
-  static constexpr auto kScalarEnd = [] {
-    std::array<bool, 256> t{};
-    for (char c : std::string_view(",}] \n\r\t")) t[static_cast<unsigned char>(c)] = true;
-    return t;
-  }();
-  static constexpr auto kNested = [] {
-    std::array<bool, 256> t{};
-    for (char c : std::string_view("\"{}[]")) t[static_cast<unsigned char>(c)] = true;
-    return t;
-  }();
   // Moves past one value; false when the document ends inside it.
   auto value = [&]() -> bool {
-    if (d[i] == '"') return string().has_value();
-    if (d[i] != '{' && d[i] != '[') {
-      while (i < n && !kScalarEnd[static_cast<unsigned char>(d[i])]) ++i;
+    if (*p == '"') return string().has_value();
+    if (*p != '{' && *p != '[') {
+      while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') ++p;
       return true;
     }
     int depth = 0;
-    while (i < n) {
-      while (i < n && !kNested[static_cast<unsigned char>(d[i])]) ++i;
-      if (i >= n) break;
-      char c = d[i];
+    while ((p = quote_or_bracket(p, end)) < end) {
+      char c = *p;
       if (c == '"') {
         if (!string()) return false;
         continue;
       }
       if (c == '{' || c == '[') {
         ++depth;
-      } else if ((c == '}' || c == ']') && --depth == 0) {
-        ++i;
+      } else if (--depth == 0) {
+        ++p;
         return true;
       }
-      ++i;
+      ++p;
     }
     return false;
   };
   skip_ws();
-  if (i >= n || d[i] != '{') return false;
-  ++i;
+  if (p >= end || *p != '{') return false;
+  ++p;
   skip_ws();
-  if (i < n && d[i] == '}') return true;
+  if (p < end && *p == '}') return true;
   while (true) {
     skip_ws();
-    if (i >= n || d[i] != '"') return false;
+    if (p >= end || *p != '"') return false;
     auto k = string();
     skip_ws();
-    if (!k || i >= n || d[i] != ':') return false;
-    ++i;
+    if (!k || p >= end || *p != ':') return false;
+    ++p;
     skip_ws();
-    if (i >= n) return false;
-    size_t begin = i;
+    if (p >= end) return false;
+    const char* begin = p;
     if (!value()) return false;
-    if (!f(*k, d.substr(begin, i - begin))) return true;
+    if (!f(*k, std::string_view(begin, size_t(p - begin)))) return true;
     skip_ws();
-    if (i < n && d[i] == '}') return true;
-    if (i >= n || d[i] != ',') return false;
-    ++i;
+    if (p < end && *p == '}') return true;
+    if (p >= end || *p != ',') return false;
+    ++p;
   }
 }
 
