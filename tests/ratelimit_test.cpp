@@ -11,10 +11,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <thread>
 
 #include "gateway/ratelimit.h"
+#include "store/store.h"
 #include "support/model_cloud.h"
 
 using namespace aicloud;
@@ -108,6 +110,48 @@ TEST(RateLimitFormat, ResetDurationsLookLikeOpenAis) {
 
 // Every answer's x-ratelimit-* lines, as http::Response::fields holds them; the largest values
 // fit the writer's buffer.
+// settle() finds the buckets acquire() took from through the reservation; once a sweep of idle
+// buckets has run in between (more than 100,000 buckets), by name. Either way the difference
+// between what was reserved and what was used goes back to the project's bucket, and a bucket
+// the sweep erased (it was full) is not brought back by a settle.
+TEST(RateLimitBuckets, SettleGivesBackTheDifferenceBeforeAndAfterASweep) {
+  TempDir d;
+  auto store = open_sqlite_store(StoreOptions{(std::filesystem::path(d.path()) / "aicloud.db").string(), false});
+  gateway::RateLimiter rl(*store);
+  const std::string model = "m", key = "key_1";
+  const int64_t cap = gateway::kDefaultTokensPerMinute;  // refills at cap / 60 s
+  // Checks that `project` has `want` tokens left, less none and more at most what refilled since t0
+  // (the limiter's clock counts whole milliseconds: one more of refill).
+  auto expect_left = [&](const std::string& project, int64_t want, std::chrono::steady_clock::time_point t0) {
+    int64_t left = rl.acquire(project, key, model, 0).report.remaining_tokens;
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GE(left, want - 1) << project;
+    EXPECT_LE(left, want + int64_t((secs + 0.001) * double(cap) / 60) + 2) << project;
+  };
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto a = rl.acquire("proj_a", key, model, 6'000'000);
+  ASSERT_TRUE(a.allowed);
+  EXPECT_EQ(a.reserved.tokens(), 6'000'000);
+  expect_left("proj_a", cap - 6'000'000, t0);
+  rl.settle(a.reserved, "proj_a", key, model, 1'000'000);  // 5,000,000 back
+  expect_left("proj_a", cap - 1'000'000, t0);
+
+  // A reservation that outlives a sweep: other projects' buckets (two each) pass the sweep's
+  // threshold, and the next acquire() sweeps. proj_b's bucket is far from full, so it stays.
+  t0 = std::chrono::steady_clock::now();
+  auto b = rl.acquire("proj_b", key, model, 9'000'000);
+  ASSERT_TRUE(b.allowed);
+  for (int i = 0; i < 50'001; ++i) rl.acquire("p" + std::to_string(i), key, model, 1);
+  ASSERT_TRUE(rl.acquire("proj_c", key, model, 1).allowed);  // (this one sweeps)
+  rl.settle(b.reserved, "proj_b", key, model, 2'000'000);  // 7,000,000 back, found by name
+  expect_left("proj_b", cap - 2'000'000, t0);
+  // A request that used more than it reserved takes the rest.
+  auto e = rl.acquire("proj_b", key, model, 10);
+  rl.settle(e.reserved, "proj_b", key, model, 3'000'010);
+  expect_left("proj_b", cap - 5'000'000, t0);
+}
+
 TEST(RateLimitFormat, HeaderLinesCarryBothKindsInOpenAisOrder) {
   using gateway::RateLimiter;
   RateLimiter::Report r{60, 59, 1'000, 150'000, 149'000, 400};

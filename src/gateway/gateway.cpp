@@ -65,7 +65,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   int64_t t0_ms = now_ms();
   UsageRecord rec;
   std::string rl_fields;  // the x-ratelimit-* header lines, on every answer
-  int64_t rl_reserved = 0;  // tokens taken from the buckets; settled by the real usage
+  RateLimiter::Reservation rl_reserved;  // tokens taken from the buckets; settled by the real usage
 
   std::mutex mu;  // guards the fields below: the upstream strand, the io thread of a wake, the cancel
   std::optional<Pick> pick;
@@ -399,7 +399,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       rec.status = http_status;
     }
     // The tokens reserved up front, corrected by what the engine reported (none: all back).
-    if (gw.limiter_) gw.limiter_->settle(rec.project_id, rec.api_key_id, rec.model, rl_reserved, rec.input_tokens + rec.output_tokens);
+    if (gw.limiter_) gw.limiter_->settle(rl_reserved, rec.project_id, rec.api_key_id, rec.model, rec.input_tokens + rec.output_tokens);
     rec.ts_ms = now_ms();
     rec.latency_ms = rec.ts_ms - t0_ms;
     auto self = shared_from_this();
@@ -483,7 +483,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
 
   // Rate limits: one request and the tokens it may use (max_tokens + the prompt's bytes / 4).
   std::string rl_fields;
-  int64_t reserved = 0;
+  RateLimiter::Reservation reserved;
   if (limiter_) {
     int64_t max_out = ep == "embeddings" ? 0 : kDefaultMaxTokens;
     if (q.max_completion_tokens == T::kInteger && q.max_completion_tokens_value >= 0) {
@@ -512,7 +512,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
       res.headers.emplace_back("retry-after", std::to_string(std::max<int64_t>(1, (d.retry_after_ms + 999) / 1000)));
       return res;
     }
-    reserved = d.reserved_tokens;
+    reserved = d.reserved;
   }
 
   auto ex = std::make_shared<Exchange>(*this, this_lane());

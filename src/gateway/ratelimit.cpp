@@ -180,6 +180,24 @@ RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const 
   RateLimits lim = limits_for(project_id, model);
   int64_t now = steady_ms();
   Decision d;
+  // Each thread keeps, per (project, key, model), the buckets it has used: one lookup in a map of
+  // its own, where finding up to four buckets by name in buckets_ built and hashed each name
+  // under mu_ (on nodes that the other io threads' lookups also read).
+  struct Kept {
+    uint64_t limiter = 0, sweeps = 0;
+    std::array<Bucket*, 4> b{};  // project requests, project tokens, key requests, key tokens
+  };
+  static constexpr size_t kKeptLimit = 10'000;
+  thread_local std::unordered_map<std::string, Kept> kept;
+  thread_local std::string kept_key;
+  kept_key.clear();
+  kept_key.append(project_id).append(1, '\x1f').append(key_id).append(1, '\x1f').append(model);
+  auto found = kept.find(kept_key);
+  if (found == kept.end()) {
+    if (kept.size() >= kKeptLimit) kept.clear();
+    found = kept.emplace(kept_key, Kept{}).first;
+  }
+  Kept& k = found->second;
   std::lock_guard lk(mu_);
   if (buckets_.size() > sweep_at_) {  // forget full buckets: a new one starts full anyway
     for (auto it = buckets_.begin(); it != buckets_.end();) {
@@ -187,7 +205,9 @@ RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const 
       it = it->second.level >= double(it->second.capacity) ? buckets_.erase(it) : std::next(it);
     }
     sweep_at_ = std::max<size_t>(100'000, 2 * buckets_.size());  // amortized: never a sweep per request
+    ++sweeps_;
   }
+  if (k.limiter != id_ || k.sweeps != sweeps_) k = Kept{id_, sweeps_, {}};
   struct Use {
     Bucket* b;
     int64_t cap;
@@ -199,16 +219,19 @@ RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const 
     const Use* begin() const { return a.data(); }
     const Use* end() const { return a.data() + n; }
   } req, tok;
-  auto use = [&](Uses& v, char scope, const std::string& id, char what, int64_t cap) {
-    bucket_key(tl_key, scope, id, model, what);
-    Bucket& b = buckets_[tl_key];
+  auto use = [&](Uses& v, size_t slot, char scope, const std::string& id, char what, int64_t cap) {
+    if (!k.b[slot]) {
+      bucket_key(tl_key, scope, id, model, what);
+      k.b[slot] = &buckets_[tl_key];
+    }
+    Bucket& b = *k.b[slot];
     refill(b, cap, now);
     v.a[v.n++] = {&b, cap};
   };
-  use(req, 'p', project_id, 'r', lim.requests_per_minute);
-  use(tok, 'p', project_id, 't', lim.tokens_per_minute);
-  if (!key_id.empty() && lim.requests_per_minute_per_key > 0) use(req, 'k', key_id, 'r', lim.requests_per_minute_per_key);
-  if (!key_id.empty() && lim.tokens_per_minute_per_key > 0) use(tok, 'k', key_id, 't', lim.tokens_per_minute_per_key);
+  use(req, 0, 'p', project_id, 'r', lim.requests_per_minute);
+  use(tok, 1, 'p', project_id, 't', lim.tokens_per_minute);
+  if (!key_id.empty() && lim.requests_per_minute_per_key > 0) use(req, 2, 'k', key_id, 'r', lim.requests_per_minute_per_key);
+  if (!key_id.empty() && lim.tokens_per_minute_per_key > 0) use(tok, 3, 'k', key_id, 't', lim.tokens_per_minute_per_key);
 
   for (const Use& u : req) {
     if (u.b->level < 1.0) {
@@ -231,7 +254,9 @@ RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const 
   if (d.allowed) {
     for (const Use& u : req) u.b->level -= 1.0;
     for (const Use& u : tok) u.b->level -= double(tokens);
-    d.reserved_tokens = tokens;
+    d.reserved.tokens_ = tokens;
+    d.reserved.sweep_ = sweeps_;
+    for (const Use& u : tok) d.reserved.buckets_[d.reserved.n_++] = u.b;
   }
   // Report the most constraining bucket of each kind.
   auto report = [](const Uses& v, int64_t& limit, int64_t& remaining, int64_t& reset) {
@@ -251,19 +276,25 @@ RateLimiter::Decision RateLimiter::acquire(const std::string& project_id, const 
   return d;
 }
 
-void RateLimiter::settle(const std::string& project_id, const std::string& key_id, const std::string& model,
-                         int64_t reserved, int64_t used) {
-  int64_t diff = reserved - std::max<int64_t>(0, used);
-  if (diff == 0) return;
+void RateLimiter::settle(const Reservation& r, const std::string& project_id, const std::string& key_id,
+                         const std::string& model, int64_t used) {
+  int64_t diff = r.tokens_ - std::max<int64_t>(0, used);
+  if (diff == 0 || r.n_ == 0) return;
   int64_t now = steady_ms();
-  std::lock_guard lk(mu_);
-  for (auto [scope, id] : {std::pair<char, const std::string*>{'p', &project_id}, {'k', &key_id}}) {
-    bucket_key(tl_key, scope, *id, model, 't');
-    auto it = buckets_.find(tl_key);
-    if (it == buckets_.end()) continue;
-    Bucket& b = it->second;
+  auto give = [&](Bucket& b) {
     refill(b, b.capacity, now);
     b.level = std::min(b.level + double(diff), double(b.capacity));
+  };
+  std::lock_guard lk(mu_);
+  if (r.sweep_ == sweeps_) {  // the buckets acquire() took from are where they were
+    for (size_t i = 0; i < r.n_; ++i) give(*r.buckets_[i]);
+    return;
+  }
+  // A sweep has run since: a bucket it erased was full (a new one starts full), so only those
+  // still there are settled, found by name.
+  for (auto [scope, id] : {std::pair<char, const std::string*>{'p', &project_id}, {'k', &key_id}}) {
+    bucket_key(tl_key, scope, *id, model, 't');
+    if (auto it = buckets_.find(tl_key); it != buckets_.end()) give(it->second);
   }
 }
 

@@ -16,6 +16,7 @@
 // A model with no explicit limit for a project gets the defaults below (generous; an operator
 // lowers them per project). Per-key limits are 0 (= none) unless set on the project's limit.
 #pragma once
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -61,6 +62,12 @@ RateLimits default_rate_limits(const nlohmann::json& settings);
 nlohmann::json rate_limit_json(const std::string& model, const RateLimits& l);
 
 class RateLimiter {
+  struct Bucket {
+    double level = 0;  // may go negative (debt after a correction)
+    int64_t last_ms = 0;
+    int64_t capacity = 0;
+  };
+
  public:
   static constexpr int kRefreshMs = 100;
   static constexpr int kFullReloadMs = 5'000;
@@ -75,20 +82,35 @@ class RateLimiter {
     int64_t limit_requests = 0, remaining_requests = 0, reset_requests_ms = 0;
     int64_t limit_tokens = 0, remaining_tokens = 0, reset_tokens_ms = 0;
   };
+  // What an allowed request took from the token buckets, for settle(): the buckets themselves,
+  // so that settling finds them without building their names and hashing them again (valid until
+  // the next sweep of idle buckets; then settle() looks them up by name).
+  class Reservation {
+   public:
+    int64_t tokens() const { return tokens_; }
+
+   private:
+    friend class RateLimiter;
+    int64_t tokens_ = 0;
+    uint64_t sweep_ = 0;
+    std::array<Bucket*, 2> buckets_{};
+    size_t n_ = 0;
+  };
   struct Decision {
     bool allowed = false;
     std::string exceeded;        // "requests" or "tokens" when refused
     int64_t retry_after_ms = 0;  // when refused: until the bucket holds enough
     Report report;
-    int64_t reserved_tokens = 0;  // when allowed: what settle() corrects
+    Reservation reserved;  // when allowed: what settle() corrects
   };
 
   // Takes one request and `tokens` from the project's (and the key's) buckets for `model`, or
   // nothing at all when any of them is short.
   Decision acquire(const std::string& project_id, const std::string& key_id, const std::string& model, int64_t tokens);
-  // The request used `used` tokens where `reserved` were taken: the difference goes back.
-  void settle(const std::string& project_id, const std::string& key_id, const std::string& model, int64_t reserved,
-              int64_t used);
+  // The request used `used` tokens where `reserved` were taken: the difference goes back. The
+  // names are those acquire() was given.
+  void settle(const Reservation& reserved, const std::string& project_id, const std::string& key_id,
+              const std::string& model, int64_t used);
 
   RateLimits limits_for(const std::string& project_id, const std::string& model) const;
   void reload();  // reads the table now (tests; the refresh thread)
@@ -100,11 +122,6 @@ class RateLimiter {
   static std::string header_lines(const Report& r);
 
  private:
-  struct Bucket {
-    double level = 0;  // may go negative (debt after a correction)
-    int64_t last_ms = 0;
-    int64_t capacity = 0;
-  };
   void refill(Bucket& b, int64_t capacity, int64_t now) const;
   void run();
 
@@ -120,8 +137,11 @@ class RateLimiter {
   const uint64_t id_;  // this limiter among those made (a thread's kept pair names its limiter)
 
   std::mutex mu_;  // the buckets
+  // By bucket_key(); a node's Bucket stays where it is until a sweep erases it, so pointers to it
+  // (a thread's kept ones, a Reservation's) are good while sweeps_ has not moved.
   std::unordered_map<std::string, Bucket> buckets_;
   size_t sweep_at_ = 100'000;
+  uint64_t sweeps_ = 0;
 
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
