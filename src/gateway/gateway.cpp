@@ -542,7 +542,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   ex->rec.org_id = who.org_id;
   ex->rec.project_id = who.project_id;
   ex->rec.api_key_id = who.actor_id;
-  ex->rec.model = model;
+  ex->rec.model = std::move(model);
   ex->rec.endpoint = ep == "embeddings" ? "embeddings" : "completions";  // the usage API's families
   ex->rec.request_id = c.request_id;
   ex->start();
