@@ -146,10 +146,10 @@ TEST(RateLimitBuckets, SettleGivesBackTheDifferenceBeforeAndAfterASweep) {
   ASSERT_TRUE(rl.acquire("proj_c", key, model, 1).allowed);  // (this one sweeps)
   rl.settle(b.reserved, "proj_b", key, model, 2'000'000);  // 7,000,000 back, found by name
   expect_left("proj_b", cap - 2'000'000, t0);
-  // A request that used more than it reserved takes the rest.
+  // A request that used more than it reserved takes the rest: 3,000,010 in all.
   auto e = rl.acquire("proj_b", key, model, 10);
   rl.settle(e.reserved, "proj_b", key, model, 3'000'010);
-  expect_left("proj_b", cap - 5'000'000, t0);
+  expect_left("proj_b", cap - 5'000'010, t0);
 }
 
 TEST(RateLimitFormat, HeaderLinesCarryBothKindsInOpenAisOrder) {
