@@ -1,7 +1,6 @@
 #include "util/json_util.h"
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 
 #ifdef __SSE2__
