@@ -321,6 +321,59 @@ TEST(UsageJournal, TheChecksumIsTheStandardCrc32) {
   }
 }
 
+// Frames written now carry CRC-32C. The CPU's instruction and the tables must agree byte for
+// byte: a journal written on one machine is folded on whichever the server restarts on.
+TEST(UsageJournal, TheNewChecksumIsCrc32cByTheCpuAndByTables) {
+  for (auto f : {journal::crc32c, journal::crc32c_portable}) {
+    EXPECT_EQ(f("", 0), 0u);
+    EXPECT_EQ(f("123456789", 0), 0xE3069283u);
+    EXPECT_EQ(f(std::string(32, '\0'), 0), 0x8A9136AAu);
+  }
+  std::string data;
+  for (int i = 0; i < 200; ++i) data.push_back(char(i * 53 + 7));
+  auto bitwise = [](std::string_view d) {
+    uint32_t c = ~0u;
+    for (unsigned char b : d) {
+      c ^= b;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0x82F63B78u ^ (c >> 1) : c >> 1;
+    }
+    return ~c;
+  };
+  for (size_t off = 0; off < 8; ++off) {
+    for (size_t len = 0; len <= 64; ++len) {
+      std::string_view d = std::string_view(data).substr(off, len);
+      ASSERT_EQ(journal::crc32c(d), bitwise(d)) << off << " " << len;
+      ASSERT_EQ(journal::crc32c_portable(d), bitwise(d)) << off << " " << len;
+      ASSERT_EQ(journal::crc32c(d.substr(len / 2), journal::crc32c(d.substr(0, len / 2))), bitwise(d)) << off << " " << len;
+    }
+  }
+}
+
+// An upgrade finds the frames an older build wrote ("USG1", CRC-32) and folds them; a frame of
+// either version with the other's checksum is refused.
+TEST(UsageJournal, FramesOfTheOlderVersionAreStillRead) {
+  std::string now;
+  journal::encode(record(5), 9, now);
+  auto as_v1 = [](std::string f, uint32_t (*sum)(std::string_view, uint32_t)) {
+    f[3] = '1';  // "USG2" -> "USG1" (little-endian: the version is the last byte)
+    uint32_t c = sum(std::string_view(f).substr(20), sum(std::string_view(f).substr(4, 12), 0));
+    for (int i = 0; i < 4; ++i) f[16 + i] = char(uint8_t(c >> (8 * i)));
+    return f;
+  };
+  ASSERT_EQ(now.substr(0, 4), "USG2");
+  std::string old = as_v1(now, journal::crc32);
+  auto got = journal::decode(old + now, 9);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].request_id, "req_5");
+  EXPECT_EQ(got[1].request_id, "req_5");
+  EXPECT_EQ(got[0].input_tokens, got[1].input_tokens);
+  EXPECT_TRUE(journal::decode(as_v1(now, journal::crc32c), 9).empty()) << "a USG1 frame is CRC-32";
+  std::string wrong = now;
+  uint32_t c = journal::crc32(std::string_view(now).substr(20), journal::crc32(std::string_view(now).substr(4, 12)));
+  for (int i = 0; i < 4; ++i) wrong[16 + i] = char(uint8_t(c >> (8 * i)));
+  EXPECT_TRUE(journal::decode(wrong, 9).empty()) << "a USG2 frame is CRC-32C";
+}
+
 TEST(UsageJournal, DecodeStopsAtATornFrameAndAtFramesOfAnOlderSegment) {
   std::string seg7, seg3;
   for (int i = 0; i < 3; ++i) journal::encode(record(i), 7, seg7);
