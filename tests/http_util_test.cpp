@@ -173,6 +173,38 @@ TEST(Router, LiteralSegmentWinsOverPlaceholderInAnyOrder) {
   EXPECT_EQ(r.match("GET", "/a/z/c").route, axc);
 }
 
+// A literal path asked with its route's method is answered from a table filled by the walk; the
+// same path spelled with a doubled slash (the same segments, not in the table) is walked. Both
+// must answer alike for every route and method, and a route added later must be seen.
+TEST(Router, TheLiteralTableAnswersAsTheWalkDoes) {
+  Router r;
+  const std::vector<std::pair<std::string, std::string>> routes = {
+      {"POST", "/v1/chat/completions"}, {"GET", "/v1/chat/completions"},   {"GET", "/v1/chat/{completion_id}"},
+      {"DELETE", "/v1/chat/{id}"},      {"POST", "/v1/threads/runs"},      {"POST", "/v1/threads/{thread_id}"},
+      {"GET", "/v1/models"},            {"GET", "/v1/models/{model}"},     {"GET", "/{any}/models"},
+      {"POST", "/v1/embeddings"},       {"POST", "/v1/embeddings"},       {"GET", "/"}};
+  for (const auto& [m, p] : routes) r.add(m, p);
+  auto same = [&](const std::string& method, const std::string& path) {
+    SCOPED_TRACE(method + " " + path);
+    http::RouteMatch a = r.match(method, path), b = r.match(method, "/" + path);
+    EXPECT_EQ(a.route, b.route);
+    EXPECT_EQ(a.path_known, b.path_known);
+    EXPECT_EQ(a.allow, b.allow);
+    EXPECT_EQ(a.params, b.params);
+  };
+  for (const auto& [m, p] : routes) {
+    for (const char* method : {"GET", "POST", "DELETE", "PUT"}) same(method, p);
+  }
+  EXPECT_EQ(r.match("POST", "/v1/embeddings").route, 9) << "the first of two equal routes";
+  EXPECT_EQ(r.match("GET", "/v1/chat/completions").route, 1) << "the literal route, not {completion_id}";
+  EXPECT_EQ(r.match("POST", "/v1/chat/completions").allow, "POST, GET, DELETE");
+  // Added after matching: the table is filled again.
+  int put = r.add("PUT", "/v1/chat/completions");
+  EXPECT_EQ(r.match("PUT", "/v1/chat/completions").route, put);
+  EXPECT_EQ(r.match("POST", "/v1/chat/completions").allow, "POST, GET, DELETE, PUT");
+  same("PUT", "/v1/chat/completions");
+}
+
 // ---- request targets ----
 
 TEST(Target, PathAndQuery) {

@@ -45,7 +45,22 @@ int Router::add(std::string method, std::string pattern) {
     by_count_[n].by_last[r.segments.back()].push_back(index);
   }
   routes_.push_back(std::move(r));
+  literal_.ready = false;
   return index;
+}
+
+void Router::fill_literal() const {
+  std::lock_guard lk(literal_.mu);
+  if (literal_.ready) return;
+  literal_.paths.clear();
+  for (const Route& r : routes_) {
+    if (std::any_of(r.segments.begin(), r.segments.end(), is_placeholder)) continue;
+    auto& known = literal_.paths[r.pattern];
+    if (std::none_of(known.begin(), known.end(), [&](const Known& k) { return k.method == r.method; })) {
+      known.push_back({r.method, walk(r.method, r.pattern)});
+    }
+  }
+  literal_.ready = true;
 }
 
 // Of two routes that match the same path, the one with a literal segment where the other has a
@@ -71,6 +86,16 @@ static bool allows(std::string_view allow, std::string_view method) {
 }
 
 RouteMatch Router::match(std::string_view method, std::string_view path) const {
+  if (!literal_.ready) fill_literal();
+  if (auto it = literal_.paths.find(path); it != literal_.paths.end()) {
+    for (const Known& k : it->second) {
+      if (k.method == method) return k.match;
+    }
+  }
+  return walk(method, path);
+}
+
+RouteMatch Router::walk(std::string_view method, std::string_view path) const {
   RouteMatch m;
   Segments segs(path);
   if (segs.size() >= by_count_.size() || !segs.kept()) return m;
