@@ -283,7 +283,7 @@ TEST_F(StreamProxy, ARequestLineThatWouldSplitIsRefused) {
     UpstreamRequest req;
     req.method = method;
     req.target = target;
-    EXPECT_THROW(pool->send("127.0.0.1", up_srv->server->port(), std::move(req), {}), std::invalid_argument) << target;
+    EXPECT_THROW(pool->send("127.0.0.1", up_srv->server->port(), std::move(req), UpstreamCallbacks{}), std::invalid_argument) << target;
   }
 }
 

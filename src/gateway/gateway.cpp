@@ -54,7 +54,7 @@ bool is_json_type(std::string_view v) {
 
 // One request in flight. Owned by the callbacks that refer to it (upstream call, stream cancel,
 // wake wait, meter); it goes away when the last of them has run.
-struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
+struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<Exchange> {
   Gateway& gw;
   Lane& lane;  // the io thread (and its upstream pool) this request runs on
   std::shared_ptr<http::ResponseStream> out = std::make_shared<http::ResponseStream>();
@@ -137,16 +137,10 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
       f.append("Authorization: Bearer ").append(replica.api_key).append("\r\n");
     }
     f.append("x-request-id: ").append(rec.request_id).append("\r\n");
-    req.body = body;
-    auto self = shared_from_this();
-    http::UpstreamCallbacks cb;
-    cb.on_head = [self](http::UpstreamHead& h) { self->on_head(h); };
-    cb.on_data = [self](std::string_view d) { self->on_data(d); };
-    cb.on_read_end = [self] { self->on_read_end(); };
-    cb.on_done = [self](const std::string& err, bool got) { self->on_done(err, got); };
+    req.handler_body = body;  // (this exchange is the call's handler: the body outlives the call)
     auto snapshot = pick->deployment;  // (pick may change once mu is let go; replica stays valid with this)
     lk.unlock();
-    auto c = lane.pool->send(replica.host, replica.port, std::move(req), std::move(cb), gw.opts_.upstream);
+    auto c = lane.pool->send(replica.host, replica.port, std::move(req), shared_from_this(), gw.opts_.upstream);
     lk.lock();
     call = c;
     if (cancelled) c->cancel();
@@ -217,7 +211,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     else finish_record(499);  // never reached a replica
   }
 
-  void on_head(http::UpstreamHead& h) {
+  // ---- the upstream call's handler (http::UpstreamHandler) ----
+  void on_head(http::UpstreamHead& h) override {
     status = h.status;
     content_type = std::move(h.content_type);
     headers = std::move(h.headers);
@@ -246,7 +241,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
   }
 
   // The pool's on_read_end: the stream goes on, and what this read brought goes out now.
-  void on_read_end() {
+  void on_read_end() override {
     if (!flush_due) return;
     flush_due = false;
     emit({}, false, true);
@@ -269,7 +264,7 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     to_client.clear();
   }
 
-  void on_data(std::string_view d) {
+  void on_data(std::string_view d) override {
     if (!too_large.empty()) return;
     if (!head_sent) {
       if (whole.size() + d.size() > kMaxWhole) return refuse("an answer larger than 64 MiB");
@@ -337,7 +332,8 @@ struct Gateway::Exchange : std::enable_shared_from_this<Exchange> {
     if (c) c->cancel();
   }
 
-  void on_done(std::string err, bool got_response) {
+  void on_done(const std::string& error, bool got_response) override {
+    std::string err = error;
     {
       std::lock_guard lk(mu);
       if (pick) {

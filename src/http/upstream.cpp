@@ -103,14 +103,15 @@ constexpr size_t kReadRoom = 16 * 1024;
 class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
  public:
   Call(std::shared_ptr<UpstreamPool::Impl> pool, std::string host, uint16_t port, UpstreamRequest req,
-       UpstreamCallbacks cb, UpstreamTimeouts t)
+       std::shared_ptr<UpstreamHandler> handler, UpstreamTimeouts t)
       : pool_(std::move(pool)),
         host_(std::move(host)),
         port_(port),
         key_(host_ + ":" + std::to_string(port_)),
         head_(request_head(req, key_)),
         body_(std::move(req.body)),
-        cb_(std::move(cb)),
+        body_view_(req.handler_body.data() ? req.handler_body : std::string_view(body_)),
+        h_(std::move(handler)),
         t_(t),
         ex_(pool_->ioc.get_executor()) {}
 
@@ -127,7 +128,8 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       h.append(name).append(": ").append(value).append("\r\n");
     }
     h += req.fields;
-    h.append("Host: ").append(host).append("\r\nContent-Length: ").append(std::to_string(req.body.size())).append("\r\n\r\n");
+    size_t body_size = req.handler_body.data() ? req.handler_body.size() : req.body.size();
+    h.append("Host: ").append(host).append("\r\nContent-Length: ").append(std::to_string(body_size)).append("\r\n\r\n");
     return h;
   }
 
@@ -186,7 +188,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   }
 
   void write() {
-    bufs_ = {asio::buffer(head_), asio::buffer(body_)};
+    bufs_ = {asio::buffer(head_), asio::buffer(body_view_.data(), body_view_.size())};
     write_now(*conn_, bufs_, t_.connect + std::chrono::seconds(30), [self = shared_from_this()](beast::error_code ec) {
       if (self->done_) return;
       if (ec) return self->retry_or_fail("sending to " + self->key_ + ": " + ec.message());
@@ -250,16 +252,16 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     auto data = buf_.data();
     size_t used = data.size() > 0 ? parser_->put({static_cast<const char*>(data.data()), data.size()}, r) : 0;
     if (parser_->done()) r = R::kDone;  // (an answer that ended at its end of file)
-    if (!had_head && parser_->head_done() && cb_.on_head) cb_.on_head(parser_->head);
+    if (!had_head && parser_->head_done()) h_->on_head(parser_->head);
     for (std::string_view piece : parser_->pieces) {
-      if (done_ || !cb_.on_data) break;  // on_head and on_data may cancel
-      cb_.on_data(piece);
+      if (done_) break;  // on_head and on_data may cancel
+      h_->on_data(piece);
     }
     buf_.consume(used);
     if (done_) return;
     if (r == R::kDone) return finish("", true, parser_->keep_alive());
     if (r == R::kError) return finish("reading from " + key_ + ": " + parser_->error(), got_response_, false);
-    if (cb_.on_read_end) cb_.on_read_end();  // (it may cancel)
+    h_->on_read_end();  // (it may cancel)
     if (done_) return;
     read_more();
   }
@@ -292,9 +294,9 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       conn_->socket().shutdown(tcp::socket::shutdown_both, ec);
       conn_->close();
     }
-    auto done = std::move(cb_.on_done);
-    cb_ = {};
-    if (done) done(err, got_response);
+    // Let go of the handler once it has heard: it may hold this call (as the gateway does).
+    std::shared_ptr<UpstreamHandler> h = std::move(h_);
+    h->on_done(err, got_response);
   }
 
   std::shared_ptr<UpstreamPool::Impl> pool_;
@@ -302,8 +304,9 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   uint16_t port_;
   std::string key_;
   std::string head_, body_;  // the request, written as it is to every connection tried
-  std::array<asio::const_buffer, 2> bufs_;  // the two, for write_now (valid until it is done)
-  UpstreamCallbacks cb_;
+  std::string_view body_view_;  // body_, or the handler's own (UpstreamRequest::handler_body)
+  std::array<asio::const_buffer, 2> bufs_;  // head_ and the body, for write_now (valid until it is done)
+  std::shared_ptr<UpstreamHandler> h_;  // until on_done
   UpstreamTimeouts t_;
   IoExecutor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
   std::unique_ptr<TcpStream> conn_;
@@ -323,8 +326,40 @@ UpstreamPool::UpstreamPool(asio::io_context& ioc, size_t max_idle_per_target)
 
 UpstreamPool::~UpstreamPool() = default;
 
+namespace {
+
+// UpstreamCallbacks as a handler.
+class FunctionHandler : public UpstreamHandler {
+ public:
+  explicit FunctionHandler(UpstreamCallbacks cb) : cb_(std::move(cb)) {}
+  void on_head(UpstreamHead& h) override {
+    if (cb_.on_head) cb_.on_head(h);
+  }
+  void on_data(std::string_view d) override {
+    if (cb_.on_data) cb_.on_data(d);
+  }
+  void on_read_end() override {
+    if (cb_.on_read_end) cb_.on_read_end();
+  }
+  void on_done(const std::string& err, bool got) override {
+    auto done = std::move(cb_.on_done);
+    cb_ = {};  // (what the functions hold goes now, as the handler would)
+    if (done) done(err, got);
+  }
+
+ private:
+  UpstreamCallbacks cb_;
+};
+
+}  // namespace
+
 std::shared_ptr<UpstreamCall> UpstreamPool::send(const std::string& host, uint16_t port, UpstreamRequest req,
                                                  UpstreamCallbacks cb, UpstreamTimeouts timeouts) {
+  return send(host, port, std::move(req), std::make_shared<FunctionHandler>(std::move(cb)), timeouts);
+}
+
+std::shared_ptr<UpstreamCall> UpstreamPool::send(const std::string& host, uint16_t port, UpstreamRequest req,
+                                                 std::shared_ptr<UpstreamHandler> handler, UpstreamTimeouts timeouts) {
   // The request line is written as given: a method that is not a token or a target with a
   // space or a control byte would split it (callers pass fixed paths; this is the backstop).
   bool target_ok = !req.target.empty() && std::none_of(req.target.begin(), req.target.end(), [](unsigned char c) {
@@ -333,7 +368,8 @@ std::shared_ptr<UpstreamCall> UpstreamPool::send(const std::string& host, uint16
   if (!field_name_ok(req.method) || !target_ok) {
     throw std::invalid_argument("upstream request: invalid method or target '" + req.method + " " + req.target + "'");
   }
-  auto call = std::make_shared<Call>(impl_, host, port, std::move(req), std::move(cb), timeouts);
+  if (!handler) throw std::invalid_argument("upstream request: no handler");
+  auto call = std::make_shared<Call>(impl_, host, port, std::move(req), std::move(handler), timeouts);
   call->start();
   return call;
 }

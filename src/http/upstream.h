@@ -34,6 +34,9 @@ struct UpstreamRequest {
   // where a checked pair of heap strings per field cost more than the rest of the head.
   std::string fields;
   std::string body;
+  // Instead of body: bytes that the handler owns and keeps until on_done (the call holds the
+  // handler until then), so that a request tried on several replicas is not copied for each.
+  std::string_view handler_body;
 };
 
 struct UpstreamHead {
@@ -42,16 +45,31 @@ struct UpstreamHead {
   std::vector<std::pair<std::string, std::string>> headers;  // all but hop-by-hop ones
 };
 
+// What a caller of send() hears about its request, in order: on_head once, on_data for each
+// piece of the body, on_read_end between reads, then on_done exactly once. The call holds its
+// handler until on_done has run. (An interface rather than four std::functions: each of those
+// held its own reference to the caller's state, an allocation and a reference count apiece.)
+class UpstreamHandler {
+ public:
+  virtual ~UpstreamHandler() = default;
+  virtual void on_head(UpstreamHead& head) = 0;  // the head is the handler's to keep (move from it)
+  virtual void on_data(std::string_view piece) = 0;  // body bytes, as they arrive (chunking removed)
+  // When what one read brought has been handed to on_head and on_data and the response goes on
+  // (more is to be read), so that a relay can pass a read's pieces on together, with no turn of
+  // the event loop in between (on_done comes instead when the read ended it).
+  virtual void on_read_end() {}
+  // error empty = the response completed. got_response = some byte of the response arrived:
+  // false means the request may be retried on another upstream (refused, reset or timed out
+  // before answering).
+  virtual void on_done(const std::string& error, bool got_response) = 0;
+};
+
+// The same as functions (UpstreamHandler's, which say when each is called), for callers that
+// keep little state: tests, tools. Any may be empty.
 struct UpstreamCallbacks {
-  std::function<void(UpstreamHead&)> on_head;  // the head is the callee's to keep (move from it)
-  std::function<void(std::string_view)> on_data;  // body bytes, as they arrive (chunking removed)
-  // Optional: called when what one read brought has been handed to on_head and on_data and the
-  // response goes on (more is to be read), so that a relay can pass a read's pieces on together,
-  // with no turn of the event loop in between (on_done comes instead when the read ended it).
+  std::function<void(UpstreamHead&)> on_head;
+  std::function<void(std::string_view)> on_data;
   std::function<void()> on_read_end;
-  // Called exactly once. error empty = the response completed. got_response = some byte of the
-  // response arrived: false means the request may be retried on another upstream (refused,
-  // reset or timed out before answering).
   std::function<void(const std::string& error, bool got_response)> on_done;
 };
 
@@ -79,6 +97,8 @@ class UpstreamPool {
 
   // Sends req to host:port. Throws std::invalid_argument for a method that is not a token or
   // a target with a space or control byte.
+  std::shared_ptr<UpstreamCall> send(const std::string& host, uint16_t port, UpstreamRequest req,
+                                     std::shared_ptr<UpstreamHandler> handler, UpstreamTimeouts timeouts = {});
   std::shared_ptr<UpstreamCall> send(const std::string& host, uint16_t port, UpstreamRequest req, UpstreamCallbacks cb,
                                      UpstreamTimeouts timeouts = {});
 
