@@ -630,6 +630,18 @@ TEST(Json, TopLevelMemberFindsOnlyTopLevelKeys) {
     return true;
   }));
   EXPECT_EQ(keys, (std::vector<std::string>{"a", "b", "c", "usage"}));
+  // A nested value is skipped 16 bytes at a time: every escape, quote and bracket at every
+  // offset of those pieces, the last byte of one escaping the first of the next included.
+  for (size_t pad = 0; pad < 40; ++pad) {
+    for (const char* tricky : {R"(\"]})", R"(\\)", R"(\\\"[)", R"(\\\\)", R"(x\\\\\")"}) {
+      std::string nested = R"([{"k":")" + std::string(pad, 'a') + tricky + R"("},"]",[)" + std::string(pad % 7, ' ') + "]]";
+      std::string d = R"({"a":)" + nested + R"(,"usage":{"x":")" + tricky + R"("}})";
+      ASSERT_TRUE(json::accept(d)) << d;
+      EXPECT_EQ(top_level_member(d, "a"), std::optional<std::string_view>(nested)) << d;
+      EXPECT_EQ(top_level_member(d, "usage"), std::optional<std::string_view>(R"({"x":")" + std::string(tricky) + R"("})"))
+          << d;
+    }
+  }
   EXPECT_TRUE(aicloud::for_each_top_level_member(" { } ", [](std::string_view, std::string_view) { return true; }));
   EXPECT_FALSE(aicloud::for_each_top_level_member(R"({"a":1,})", [](std::string_view, std::string_view) { return true; }));
 }

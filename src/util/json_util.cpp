@@ -1,6 +1,7 @@
 #include "util/json_util.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #ifdef __SSE2__
@@ -139,8 +140,8 @@ namespace aicloud {
 namespace {
 
 // The stops of the top-level walk below, found 16 bytes at a time (SSE2, in every x86-64): in a
-// string, its closing quote or a backslash; inside a nested value, a quote or a bracket or brace.
-// (Per byte, with a table, the walk was ~8 instructions a byte of a relayed answer.)
+// string, its closing quote or a backslash; inside a nested value, see skip_container. (Per
+// byte, with a table, the walk was ~8 instructions a byte of a relayed answer.)
 const char* quote_or_backslash(const char* p, const char* end) {
 #ifdef __SSE2__
   const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
@@ -154,22 +155,89 @@ const char* quote_or_backslash(const char* p, const char* end) {
   return p;
 }
 
-const char* quote_or_bracket(const char* p, const char* end) {
-  // '[' and ']' are '{' and '}' less 0x20, and no other byte becomes '{' or '}' with 0x20 set.
-  auto stop = [](unsigned char c) { return c == '"' || (c | 0x20) == '{' || (c | 0x20) == '}'; };
+// The stop bytes of 16 bytes at p (fewer at the document's end: n), one bit per byte.
+struct Stops {
+  uint32_t quotes = 0, backslashes = 0, opens = 0, closes = 0;  // " \ {[ }]
+};
+Stops classify(const char* p, size_t n) {
+  Stops s;
 #ifdef __SSE2__
-  const __m128i quote = _mm_set1_epi8('"'), bit5 = _mm_set1_epi8(0x20), open = _mm_set1_epi8('{'),
-                close = _mm_set1_epi8('}');
-  for (; end - p >= 16; p += 16) {
-    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    __m128i folded = _mm_or_si128(v, bit5);
-    __m128i m = _mm_or_si128(_mm_cmpeq_epi8(v, quote),
-                             _mm_or_si128(_mm_cmpeq_epi8(folded, open), _mm_cmpeq_epi8(folded, close)));
-    if (int bits = _mm_movemask_epi8(m)) return p + __builtin_ctz(unsigned(bits));
+  alignas(16) char tail[16] = {};
+  if (n < 16) p = static_cast<const char*>(std::memcpy(tail, p, n));  // (zero bytes stop nothing)
+  __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  // '[' and ']' are '{' and '}' less 0x20, and no other byte becomes '{' or '}' with 0x20 set.
+  __m128i folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
+  s.quotes = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('"'))));
+  s.backslashes = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+  s.opens = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(folded, _mm_set1_epi8('{'))));
+  s.closes = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(folded, _mm_set1_epi8('}'))));
+#else
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char c = static_cast<unsigned char>(p[i]);
+    s.quotes |= uint32_t(c == '"') << i;
+    s.backslashes |= uint32_t(c == '\\') << i;
+    s.opens |= uint32_t((c | 0x20) == '{') << i;
+    s.closes |= uint32_t((c | 0x20) == '}') << i;
   }
 #endif
-  while (p < end && !stop(static_cast<unsigned char>(*p))) ++p;
-  return p;
+  return s;
+}
+
+// At an opening bracket or brace: moves p past the one that closes it; false when the document
+// ends first. 16 bytes at a time. In a piece with no backslash, which bytes lie inside strings
+// follows from its quotes alone (a prefix XOR of their bits), and only the brackets outside
+// strings are visited; a piece with a backslash is walked stop by stop. (Visiting every quote,
+// as the walk did, was the most of reading a relayed answer's usage.)
+bool skip_container(const char*& p, const char* const end) {
+  int depth = 0;
+  bool in_string = false, escaped = false;  // at the start of the next piece
+  for (const char* piece = p; piece < end; piece += 16) {
+    const Stops s = classify(piece, std::min<size_t>(16, size_t(end - piece)));
+    if (s.backslashes == 0 && !escaped) {
+      uint32_t inside = s.quotes;  // bit i: byte i is inside a string (an opening quote is, a closing one not)
+      inside ^= inside << 1;
+      inside ^= inside << 2;
+      inside ^= inside << 4;
+      inside ^= inside << 8;
+      const bool odd = (inside >> 15) & 1;  // (the XOR of all 16: an odd number of quotes)
+      if (in_string) inside = ~inside;
+      in_string ^= odd;
+      for (uint32_t visit = (s.opens | s.closes) & ~inside & 0xFFFFu; visit; visit &= visit - 1) {
+        const int i = __builtin_ctz(visit);
+        if ((s.opens >> i) & 1) {
+          ++depth;
+        } else if (--depth == 0) {
+          p = piece + i + 1;
+          return true;
+        }
+      }
+      continue;
+    }
+    uint32_t visit = s.quotes | s.backslashes | s.opens | s.closes;
+    if (escaped) visit &= ~1u;  // escaped by the last piece's last byte
+    escaped = false;
+    for (; visit; visit &= visit - 1) {
+      const int i = __builtin_ctz(visit);
+      const uint32_t bit = 1u << i;
+      if (in_string) {
+        if (s.quotes & bit) {
+          in_string = false;
+        } else if (s.backslashes & bit) {
+          visit &= ~(bit << 1);  // the byte it escapes
+          escaped = i == 15;
+        }
+      } else if (s.quotes & bit) {
+        in_string = true;
+      } else if (s.opens & bit) {
+        ++depth;
+      } else if ((s.closes & bit) && --depth == 0) {
+        p = piece + i + 1;
+        return true;
+      }
+    }
+  }
+  p = end;
+  return false;
 }
 
 }  // namespace
@@ -178,8 +246,9 @@ bool for_each_top_level_member(std::string_view doc,
                                const std::function<bool(std::string_view key, std::string_view value)>& f) {
   const char* p = doc.data();
   const char* const end = p + doc.size();
+  // (Whitespace is seldom there: one test, of a byte above ' ', says it is not.)
   auto skip_ws = [&] {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
+    while (p < end && static_cast<unsigned char>(*p) <= ' ' && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
   };
   // At an opening quote: moves past the closing one; the raw text between them.
   auto string = [&]() -> std::optional<std::string_view> {
@@ -195,25 +264,15 @@ bool for_each_top_level_member(std::string_view doc,
   auto value = [&]() -> bool {
     if (*p == '"') return string().has_value();
     if (*p != '{' && *p != '[') {
-      while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') ++p;
+      static constexpr auto kEnds = [] {  // what ends a number, true, false or null
+        std::array<bool, 256> t{};
+        for (unsigned char c : std::string_view(",}] \n\r\t")) t[c] = true;
+        return t;
+      }();
+      while (p < end && !kEnds[static_cast<unsigned char>(*p)]) ++p;
       return true;
     }
-    int depth = 0;
-    while ((p = quote_or_bracket(p, end)) < end) {
-      char c = *p;
-      if (c == '"') {
-        if (!string()) return false;
-        continue;
-      }
-      if (c == '{' || c == '[') {
-        ++depth;
-      } else if (--depth == 0) {
-        ++p;
-        return true;
-      }
-      ++p;
-    }
-    return false;
+    return skip_container(p, end);
   };
   skip_ws();
   if (p >= end || *p != '{') return false;
