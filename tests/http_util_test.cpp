@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "api/context.h"
+#include "http/fields.h"
 #include "http/metrics.h"
 #include "http/router.h"
 #include "util/error.h"
@@ -203,6 +204,46 @@ TEST(Router, TheLiteralTableAnswersAsTheWalkDoes) {
   EXPECT_EQ(r.match("PUT", "/v1/chat/completions").route, put);
   EXPECT_EQ(r.match("POST", "/v1/chat/completions").allow, "POST, GET, DELETE, PUT");
   same("PUT", "/v1/chat/completions");
+}
+
+// Field names are compared a word at a time: against a byte at a time, for every length up to
+// 24, a difference at every position (in case only, or not), and bytes that fold onto letters.
+TEST(Fields, TokenIsComparesInAnyCaseAtEveryLength) {
+  auto bytewise = [](std::string_view t, std::string_view l) {
+    if (t.size() != l.size()) return false;
+    for (size_t i = 0; i < t.size(); ++i) {
+      if ((t[i] | 0x20) != l[i]) return false;
+    }
+    return true;
+  };
+  const std::string lower = "content-length-x-19ab2cd";
+  for (size_t n = 0; n <= lower.size(); ++n) {
+    std::string l = lower.substr(0, n);
+    std::string upper = l;
+    for (char& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
+    EXPECT_TRUE(http::token_is(l, l)) << l;
+    EXPECT_TRUE(http::token_is(upper, l)) << upper;
+    for (size_t at = 0; at < n; ++at) {
+      for (char c : {'q', 'Q', '^', '~', '\x7f', '\x0d', '-'}) {
+        std::string t = upper;
+        t[at] = c;
+        ASSERT_EQ(http::token_is(t, l), bytewise(t, l)) << t << " " << l;
+      }
+    }
+    EXPECT_FALSE(http::token_is(l + "a", l));
+  }
+  bool close = false, keep = false;
+  http::connection_options("Keep-Alive", close, keep);
+  EXPECT_TRUE(keep && !close);
+  close = keep = false;
+  http::connection_options("CLOSE", close, keep);
+  EXPECT_TRUE(close && !keep);
+  close = keep = false;
+  http::connection_options("upgrade, keep-alive ,Close", close, keep);
+  EXPECT_TRUE(close && keep);
+  close = keep = false;
+  http::connection_options("keep-alives", close, keep);
+  EXPECT_FALSE(close || keep);
 }
 
 // ---- request targets ----

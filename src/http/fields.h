@@ -61,9 +61,25 @@ inline std::string_view trim_ows(std::string_view v) {
 
 // Whether a token equals a lower-case name, in any case. (c | 0x20 maps only 'A'-'Z' onto
 // 'a'-'z', among the bytes a token can hold, and leaves '-' and digits as they are.)
+// Compared a word at a time (the last word overlapping the one before it): the framing fields'
+// names are compared for every field of every message.
 inline bool token_is(std::string_view token, std::string_view lower) {
-  if (token.size() != lower.size()) return false;
-  for (size_t i = 0; i < token.size(); ++i) {
+  const size_t n = token.size();
+  if (n != lower.size()) return false;
+  auto differ = [&](size_t i, auto word) {  // the word-sized bytes at i, token's in any case
+    decltype(word) a, b;
+    std::memcpy(&a, token.data() + i, sizeof a);
+    std::memcpy(&b, lower.data() + i, sizeof b);
+    return (a | decltype(word)(0x2020202020202020ull)) != b;
+  };
+  if (n >= 8) {
+    for (size_t i = 0; i + 8 < n; i += 8) {
+      if (differ(i, uint64_t{})) return false;
+    }
+    return !differ(n - 8, uint64_t{});
+  }
+  if (n >= 4) return !differ(0, uint32_t{}) && !differ(n - 4, uint32_t{});
+  for (size_t i = 0; i < n; ++i) {
     if ((token[i] | 0x20) != lower[i]) return false;
   }
   return true;
@@ -84,6 +100,15 @@ void each_element(std::string_view v, F&& f) {
 // The Connection field's options that say the connection's fate (RFC 9112 §9.3): close and
 // keep-alive, in any case, among the others. Several fields add up.
 inline void connection_options(std::string_view value, bool& close, bool& keep_alive) {
+  // (One option alone, as nearly every message has it, needs no walk of the list.)
+  if (token_is(value, "keep-alive")) {
+    keep_alive = true;
+    return;
+  }
+  if (token_is(value, "close")) {
+    close = true;
+    return;
+  }
   each_element(value, [&](std::string_view e) {
     if (token_is(e, "close")) close = true;
     else if (token_is(e, "keep-alive")) keep_alive = true;
