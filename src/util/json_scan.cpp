@@ -167,10 +167,10 @@ const char* number_end(const char* p, const char* end, Number& n) {
   if (integer) {
     uint64_t v = 0;
     bool fits = true;
+    // (Overflow told by the multiply and add themselves: a division per digit to foresee it
+    // cost more than the rest of the number.)
     for (const char* d = begin + negative; d < int_end && fits; ++d) {
-      unsigned digit_value = unsigned(*d - '0');
-      fits = v <= (UINT64_MAX - digit_value) / 10;
-      v = v * 10 + digit_value;
+      fits = !__builtin_mul_overflow(v, uint64_t{10}, &v) && !__builtin_add_overflow(v, uint64_t(*d - '0'), &v);
     }
     if (fits && !negative) {
       n.kind = Number::Kind::kUnsigned;
