@@ -22,6 +22,7 @@
 namespace aicloud::gateway {
 
 namespace asio = boost::asio;
+using namespace std::string_view_literals;
 
 namespace {
 
@@ -132,11 +133,11 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
     // request is not sent (the replica then refuses the request, as for a wrong key).
     std::string& f = req.fields;
     f.reserve(96 + replica.api_key.size() + rec.request_id.size());
-    f += "Content-Type: application/json\r\n";
+    f += "Content-Type: application/json\r\n"sv;
     if (!replica.api_key.empty() && http::field_value_ok(replica.api_key)) {
-      f.append("Authorization: Bearer ").append(replica.api_key).append("\r\n");
+      f.append("Authorization: Bearer "sv).append(replica.api_key).append("\r\n"sv);
     }
-    f.append("x-request-id: ").append(rec.request_id).append("\r\n");
+    f.append("x-request-id: "sv).append(rec.request_id).append("\r\n"sv);
     req.handler_body = body;  // (this exchange is the call's handler: the body outlives the call)
     auto snapshot = pick->deployment;  // (pick may change once mu is let go; replica stays valid with this)
     lk.unlock();

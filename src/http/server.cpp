@@ -26,6 +26,8 @@
 
 namespace aicloud::http {
 
+using namespace std::string_view_literals;
+
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
@@ -129,11 +131,11 @@ static void response_head(std::string& h, unsigned version, const Response& r, b
   if (content_type.empty()) content_type = "application/json";  // (http::Response's default)
   h.clear();
   h.reserve(256);
-  h += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  h += version == 10 ? "HTTP/1.0 "sv : "HTTP/1.1 "sv;
   h += std::to_string(status);
   h += ' ';
   h += bhttp::obsolete_reason(bhttp::int_to_status(status));
-  h += "\r\nServer: aicloud\r\n";
+  h += "\r\nServer: aicloud\r\n"sv;
   for (size_t i = 0; i < fields.size(); ++i) {
     const auto& [name, value] = fields[i];
     if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "server")) {
@@ -146,18 +148,18 @@ static void response_head(std::string& h, unsigned version, const Response& r, b
       content_type = value;
       continue;
     }
-    h.append(name).append(": ").append(value).append("\r\n");
+    h.append(name).append(": "sv).append(value).append("\r\n"sv);
   }
   h += r.fields;
-  if (!content_type.empty() && field_value_ok(content_type)) h.append("Content-Type: ").append(content_type).append("\r\n");
+  if (!content_type.empty() && field_value_ok(content_type)) h.append("Content-Type: "sv).append(content_type).append("\r\n"sv);
   if (framing == Framing::kChunked) {
-    h += "Transfer-Encoding: chunked\r\n";
+    h += "Transfer-Encoding: chunked\r\n"sv;
   } else if (!bodiless(status)) {
-    h.append("Content-Length: ").append(std::to_string(content_length)).append("\r\n");
+    h.append("Content-Length: "sv).append(std::to_string(content_length)).append("\r\n"sv);
   }
-  if (version == 10 && !close) h += "Connection: keep-alive\r\n";
-  if (version != 10 && close) h += "Connection: close\r\n";
-  h += "\r\n";
+  if (version == 10 && !close) h += "Connection: keep-alive\r\n"sv;
+  if (version != 10 && close) h += "Connection: close\r\n"sv;
+  h += "\r\n"sv;
 }
 
 class Session : public std::enable_shared_from_this<Session> {

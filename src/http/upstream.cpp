@@ -18,6 +18,8 @@
 
 namespace aicloud::http {
 
+using namespace std::string_view_literals;
+
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
@@ -120,16 +122,16 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   static std::string request_head(const UpstreamRequest& req, const std::string& host) {
     std::string h;
     h.reserve(128 + req.target.size() + req.fields.size());
-    h.append(req.method).append(" ").append(req.target).append(" HTTP/1.1\r\n");
+    h.append(req.method).append(" "sv).append(req.target).append(" HTTP/1.1\r\n"sv);
     for (const auto& [name, value] : req.headers) {
       if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "host")) {
         continue;
       }
-      h.append(name).append(": ").append(value).append("\r\n");
+      h.append(name).append(": "sv).append(value).append("\r\n"sv);
     }
     h += req.fields;
     size_t body_size = req.handler_body.data() ? req.handler_body.size() : req.body.size();
-    h.append("Host: ").append(host).append("\r\nContent-Length: ").append(std::to_string(body_size)).append("\r\n\r\n");
+    h.append("Host: "sv).append(host).append("\r\nContent-Length: "sv).append(std::to_string(body_size)).append("\r\n\r\n"sv);
     return h;
   }
 
