@@ -81,11 +81,11 @@ json deployment_request(int min_replicas, int max_replicas, int gpus) {
 }
 
 // A value of the server's /metrics (0 if absent).
-double metric(http::Client& c, const std::string& name) {
-  auto r = c.request("GET", "/metrics");
-  size_t at = r.body.find("\n" + name + " ");
+// A counter's value in a scrape of /metrics (0 when absent).
+double metric(const std::string& scrape, const std::string& name) {
+  size_t at = scrape.find("\n" + name + " ");
   if (at == std::string::npos) return 0;
-  return std::atof(r.body.c_str() + at + name.size() + 2);
+  return std::atof(scrape.c_str() + at + name.size() + 2);
 }
 
 std::unique_ptr<ModelCloud> make_cloud(ModelCloudOptions opts = {}) {
@@ -368,9 +368,11 @@ TEST(GatewayResilience, UsageOfEveryCompletedResponseSurvivesKill9) {
     http::Client c(cloud->srv->url(), 5s);
     while (!load_done) {
       try {
-        double r = metric(c, "aicloud_usage_records_committed_total");
-        double n = metric(c, "aicloud_usage_commits_total");
-        double s = metric(c, "aicloud_usage_commit_seconds_total");
+        // (One scrape for the three: read one by one, commits went on between the reads.)
+        std::string scrape = c.request("GET", "/metrics").body;
+        double r = metric(scrape, "aicloud_usage_records_committed_total");
+        double n = metric(scrape, "aicloud_usage_commits_total");
+        double s = metric(scrape, "aicloud_usage_commit_seconds_total");
         std::lock_guard lk(mu);
         if (r >= records) records = r, commits = n, commit_s = s;
       } catch (const std::exception&) {

@@ -240,10 +240,11 @@ void Meter::sync_loop() {
     auto t0 = std::chrono::steady_clock::now();
     bool ok = ::fdatasync(seg->file.fd) == 0;
     commit_us_.add(uint64_t(micros_since(t0)));
-    commits_.add();
     if (ok) {
       complete(*seg, upto, true);
+      commits_.add();  // after its records are counted: a reader never sees more commits than records
     } else {
+      commits_.add();
       // Retrying an fdatasync that failed proves nothing (the kernel may have dropped the dirty
       // pages); the fold into the store, which syncs on its own, settles these records.
       spdlog::error("metering: {}", sys_error("fdatasync " + seg->path));
@@ -361,14 +362,17 @@ void Meter::fold(Segment& s) {
 }
 
 std::string Meter::prometheus() const {
+  // Commits read before records (each commit adds its records first): one scrape never shows
+  // more commits than records.
+  const int64_t commits_now = commits(), records_now = records_committed();
   auto counter = [](const char* name, const char* help, const std::string& v) {
     return std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " + v + "\n";
   };
   return counter("aicloud_usage_records_committed_total", "Usage records made durable (journaled).",
-                 std::to_string(records_committed())) +
+                 std::to_string(records_now)) +
          counter("aicloud_usage_commits_total",
                  "Usage journal commits: one fdatasync each under --sync full (a group), one write each otherwise.",
-                 std::to_string(commits())) +
+                 std::to_string(commits_now)) +
          counter("aicloud_usage_commit_seconds_total", "Time spent in usage journal commits.",
                  std::to_string(double(commit_micros()) / 1e6)) +
          counter("aicloud_usage_records_folded_total", "Usage records folded from the journal into the store.",
