@@ -295,30 +295,35 @@ TEST_P(MeterModes, ARecordTheJournalCannotTakeIsRefusedAndNotFolded) {
 INSTANTIATE_TEST_SUITE_P(Sync, MeterModes, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "Fdatasync" : "WriteOnly"; });
 
-// The frames' checksum is part of the on-disk format: the standard CRC-32, whatever the way it is
-// computed (a journal left by an older build must still fold).
+// A reflected CRC a bit at a time, and a checksum function against it for every length and
+// alignment up to 64 bytes, whole and chained (its second half continuing from its first).
+uint32_t crc_bitwise(std::string_view d, uint32_t poly) {
+  uint32_t c = ~0u;
+  for (unsigned char b : d) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? poly ^ (c >> 1) : c >> 1;
+  }
+  return ~c;
+}
+void expect_bitwise(uint32_t (*f)(std::string_view, uint32_t), uint32_t poly) {
+  std::string data;
+  for (int i = 0; i < 200; ++i) data.push_back(char(i * 37 + 11));
+  for (size_t off = 0; off < 8; ++off) {
+    for (size_t len = 0; len <= 64; ++len) {
+      std::string_view d = std::string_view(data).substr(off, len);
+      ASSERT_EQ(f(d, 0), crc_bitwise(d, poly)) << off << " " << len;
+      ASSERT_EQ(f(d.substr(len / 2), f(d.substr(0, len / 2), 0)), crc_bitwise(d, poly)) << off << " " << len;
+    }
+  }
+}
+
+// The older frames' checksum is part of the on-disk format: the standard CRC-32, whatever the
+// way it is computed (a journal left by an older build must still fold).
 TEST(UsageJournal, TheChecksumIsTheStandardCrc32) {
   EXPECT_EQ(journal::crc32(""), 0u);
   EXPECT_EQ(journal::crc32("123456789"), 0xCBF43926u);
   EXPECT_EQ(journal::crc32("The quick brown fox jumps over the lazy dog"), 0x414FA339u);
-  // Against a bit at a time, for every length and alignment up to 64 bytes, and chained.
-  std::string data;
-  for (int i = 0; i < 200; ++i) data.push_back(char(i * 37 + 11));
-  auto bitwise = [](std::string_view d) {
-    uint32_t c = ~0u;
-    for (unsigned char b : d) {
-      c ^= b;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    }
-    return ~c;
-  };
-  for (size_t off = 0; off < 8; ++off) {
-    for (size_t len = 0; len <= 64; ++len) {
-      std::string_view d = std::string_view(data).substr(off, len);
-      ASSERT_EQ(journal::crc32(d), bitwise(d)) << off << " " << len;
-      ASSERT_EQ(journal::crc32(d.substr(len / 2), journal::crc32(d.substr(0, len / 2))), bitwise(d)) << off << " " << len;
-    }
-  }
+  expect_bitwise(journal::crc32, 0xEDB88320u);
 }
 
 // Frames written now carry CRC-32C. The CPU's instruction and the tables must agree byte for
@@ -328,24 +333,7 @@ TEST(UsageJournal, TheNewChecksumIsCrc32cByTheCpuAndByTables) {
     EXPECT_EQ(f("", 0), 0u);
     EXPECT_EQ(f("123456789", 0), 0xE3069283u);
     EXPECT_EQ(f(std::string(32, '\0'), 0), 0x8A9136AAu);
-  }
-  std::string data;
-  for (int i = 0; i < 200; ++i) data.push_back(char(i * 53 + 7));
-  auto bitwise = [](std::string_view d) {
-    uint32_t c = ~0u;
-    for (unsigned char b : d) {
-      c ^= b;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0x82F63B78u ^ (c >> 1) : c >> 1;
-    }
-    return ~c;
-  };
-  for (size_t off = 0; off < 8; ++off) {
-    for (size_t len = 0; len <= 64; ++len) {
-      std::string_view d = std::string_view(data).substr(off, len);
-      ASSERT_EQ(journal::crc32c(d), bitwise(d)) << off << " " << len;
-      ASSERT_EQ(journal::crc32c_portable(d), bitwise(d)) << off << " " << len;
-      ASSERT_EQ(journal::crc32c(d.substr(len / 2), journal::crc32c(d.substr(0, len / 2))), bitwise(d)) << off << " " << len;
-    }
+    expect_bitwise(f, 0x82F63B78u);
   }
 }
 
