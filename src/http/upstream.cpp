@@ -110,16 +110,16 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
         host_(std::move(host)),
         port_(port),
         key_(host_ + ":" + std::to_string(port_)),
-        head_(request_head(req, key_)),
         body_(std::move(req.body)),
         body_view_(req.handler_body.data() ? req.handler_body : std::string_view(body_)),
+        head_(request_head(req, key_, body_view_.size())),
         h_(std::move(handler)),
         t_(t),
         ex_(pool_->ioc.get_executor()) {}
 
   // The request line and fields: the caller's, then Host and Content-Length (HTTP/1.1 keeps the
   // connection alive by default). The framing fields are the pool's own.
-  static std::string request_head(const UpstreamRequest& req, const std::string& host) {
+  static std::string request_head(const UpstreamRequest& req, const std::string& host, size_t body_size) {
     std::string h;
     h.reserve(128 + req.target.size() + req.fields.size());
     h.append(req.method).append(" "sv).append(req.target).append(" HTTP/1.1\r\n"sv);
@@ -130,7 +130,6 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       h.append(name).append(": "sv).append(value).append("\r\n"sv);
     }
     h += req.fields;
-    size_t body_size = req.handler_body.data() ? req.handler_body.size() : req.body.size();
     h.append("Host: "sv).append(host).append("\r\nContent-Length: "sv).append(std::to_string(body_size)).append("\r\n\r\n"sv);
     return h;
   }
@@ -305,8 +304,11 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   std::string host_;
   uint16_t port_;
   std::string key_;
-  std::string head_, body_;  // the request, written as it is to every connection tried
-  std::string_view body_view_;  // body_, or the handler's own (UpstreamRequest::handler_body)
+  // The request, written as it is to every connection tried: the body (body_, or the handler's
+  // own: UpstreamRequest::handler_body) and the head that gives its length.
+  std::string body_;
+  std::string_view body_view_;
+  std::string head_;
   std::array<asio::const_buffer, 2> bufs_;  // head_ and the body, for write_now (valid until it is done)
   std::shared_ptr<UpstreamHandler> h_;  // until on_done
   UpstreamTimeouts t_;

@@ -96,7 +96,7 @@ class UpstreamPool {
   UpstreamPool& operator=(const UpstreamPool&) = delete;
 
   // Sends req to host:port. Throws std::invalid_argument for a method that is not a token or
-  // a target with a space or control byte.
+  // a target with a space or control byte, or no handler.
   std::shared_ptr<UpstreamCall> send(const std::string& host, uint16_t port, UpstreamRequest req,
                                      std::shared_ptr<UpstreamHandler> handler, UpstreamTimeouts timeouts = {});
   std::shared_ptr<UpstreamCall> send(const std::string& host, uint16_t port, UpstreamRequest req, UpstreamCallbacks cb,

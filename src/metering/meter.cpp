@@ -240,11 +240,9 @@ void Meter::sync_loop() {
     auto t0 = std::chrono::steady_clock::now();
     bool ok = ::fdatasync(seg->file.fd) == 0;
     commit_us_.add(uint64_t(micros_since(t0)));
-    if (ok) {
-      complete(*seg, upto, true);
-      commits_.add();  // after its records are counted: a reader never sees more commits than records
-    } else {
-      commits_.add();
+    if (ok) complete(*seg, upto, true);
+    commits_.add();  // after its records are counted: a reader never sees more commits than records
+    if (!ok) {
       // Retrying an fdatasync that failed proves nothing (the kernel may have dropped the dirty
       // pages); the fold into the store, which syncs on its own, settles these records.
       spdlog::error("metering: {}", sys_error("fdatasync " + seg->path));
