@@ -1,6 +1,7 @@
-// util/find.h's find() and contains() against string_view::find, on every length and alignment around the
-// 16-byte blocks it tests, on random text over a small alphabet (so that partial matches are
-// frequent) and on the case it is for: a quoted key in JSON.
+// util/find.h's find() and contains() against string_view::find, on every length and alignment
+// around the blocks it tests (each path: 32 starts at a time with AVX2, 16 with SSE2, one), on
+// random text over a small alphabet (so that partial matches are frequent) and on the case it is
+// for: a quoted key in JSON.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -11,6 +12,7 @@
 namespace {
 
 using aicloud::contains;
+using aicloud::FindWidth;
 
 TEST(Find, QuotedKeyInJson) {
   std::string chunk = R"({"id":"x","choices":[],"usage":{"prompt_tokens":9}})";
@@ -35,7 +37,7 @@ TEST(Find, MatchesStringFindEverywhere) {
   };
   int found = 0;
   for (int round = 0; round < 20000; ++round) {
-    std::string hay = text(rng() % 70);
+    std::string hay = text(rng() % 140);  // up to four 32-byte blocks
     std::string needle = text(1 + rng() % 9);
     // Also a needle planted at every offset near a block edge, in a haystack with no other copy.
     if (round % 4 == 0 && !hay.empty()) {
@@ -45,18 +47,22 @@ TEST(Find, MatchesStringFindEverywhere) {
     bool want = std::string_view(hay).find(needle) != std::string_view::npos;
     ASSERT_EQ(contains(hay, needle), want) << "hay '" << hay << "' needle '" << needle << "'";
     size_t from = rng() % (hay.size() + 2);  // (past the end too)
-    ASSERT_EQ(aicloud::find(hay, needle, from), std::string_view(hay).find(needle, from))
-        << "hay '" << hay << "' needle '" << needle << "' from " << from;
+    for (auto width : {FindWidth::kWidest, FindWidth::kSse2, FindWidth::kBytes}) {
+      ASSERT_EQ(aicloud::find(hay, needle, from, width), std::string_view(hay).find(needle, from))
+          << "hay '" << hay << "' needle '" << needle << "' from " << from << " width " << int(width);
+    }
     found += want;
   }
   EXPECT_GT(found, 2000);  // both outcomes were exercised
   EXPECT_LT(found, 18000);
   // Every start position of a needle, for haystacks that span several blocks.
-  for (size_t len = 7; len < 60; ++len) {
+  for (size_t len = 7; len < 100; ++len) {
     for (size_t at = 0; at + 7 <= len; ++at) {
       std::string hay(len, 'x');
       hay.replace(at, 7, "\"usage\"");
-      ASSERT_TRUE(contains(hay, "\"usage\"")) << len << " " << at;
+      for (auto width : {FindWidth::kWidest, FindWidth::kSse2, FindWidth::kBytes}) {
+        ASSERT_EQ(aicloud::find(hay, "\"usage\"", 0, width), at) << len << " " << at << " width " << int(width);
+      }
       hay[at + 6] = 'y';
       ASSERT_FALSE(contains(hay, "\"usage\"")) << len << " " << at;
     }

@@ -86,6 +86,39 @@ TEST(UsageScan, InvalidJsonIsNotRead) {
   EXPECT_FALSE(scalar.usage);
 }
 
+TEST(UsageScan, WhatIsReadIsCheckedAndWhatIsSkippedIsWalkedPast) {
+  // White space anywhere JSON allows it.
+  UsageSeen u;
+  ASSERT_TRUE(scan_usage(" {\n \"choices\" : [ \t] ,\"usage\" : { \"prompt_tokens\" : 5 ,\r\n \"completion_tokens\":7 ,"
+                         "\"prompt_tokens_details\" : { \"cached_tokens\" : 2 } } } ",
+                         u));
+  EXPECT_TRUE(u.usage);
+  EXPECT_EQ(u.prompt, 5);
+  EXPECT_EQ(u.completion, 7);
+  EXPECT_EQ(u.cached, 2);
+  EXPECT_TRUE(u.choices_empty);
+  // A count, or the details' cached count, that is not JSON makes the chunk unread.
+  for (const char* bad : {R"({"usage":{"prompt_tokens":-}})", R"({"usage":{"completion_tokens":tru}})",
+                          R"({"usage":{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":01}}})",
+                          R"({"usage":{"prompt_tokens":"\x"}})", R"({"usage":{"prompt_tokens":1 2}})"}) {
+    UsageSeen v;
+    v.prompt = -1;
+    EXPECT_FALSE(scan_usage(bad, v)) << bad;
+    EXPECT_EQ(v.prompt, -1) << bad;
+  }
+  // A timings member that is not JSON is left unread; the usage still counts.
+  UsageSeen w;
+  ASSERT_TRUE(scan_usage(R"({"usage":{"prompt_tokens":3},"timings":{"cache_n":x}})", w));
+  EXPECT_EQ(w.prompt, 3);
+  EXPECT_EQ(w.cached, 0);
+  // The relayed members around the usage are walked past: brackets and quotes in their strings do
+  // not end them.
+  UsageSeen x;
+  ASSERT_TRUE(scan_usage(R"({"choices":[{"delta":{"content":"]}\"usage\":{\"prompt_tokens\":8}"}}],"usage":{"prompt_tokens":4}})", x));
+  EXPECT_EQ(x.prompt, 4);
+  EXPECT_FALSE(x.choices_empty);
+}
+
 TEST(UsageScan, AWholeAnswerIsReadFromItsUsageAndTimingsOnly) {
   UsageSeen u;
   ASSERT_TRUE(scan_answer_usage(

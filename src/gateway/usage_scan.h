@@ -1,6 +1,7 @@
 // The token counts an answer reports, read without building a JSON tree: a tree costs an
 // allocation per member (a llama-server answer's `usage` and `timings` were about twenty per
-// request), where these read the few members they want in one pass of util/json_scan.h.
+// request). Only the few members wanted are read, and checked as JSON; the document's other
+// members (the relayed text, vectors) are walked past, their nesting followed but not checked.
 #pragma once
 #include <cstdint>
 #include <string_view>
@@ -16,11 +17,12 @@ struct UsageSeen {
   bool choices_empty = false;  // `choices` is [] (or {} or null): a stream's usage-only chunk
 };
 
-// One JSON document (a streamed chunk): false when it is not valid JSON (out then says nothing).
+// One streamed chunk: its top-level `usage`, `timings` and `choices`. False when the chunk's
+// outline is broken (it ends inside a value) or what is read is not valid JSON; then out says
+// nothing. (A valid document that is not an object says nothing and is true.)
 bool scan_usage(std::string_view doc, UsageSeen& out);
 
-// A whole answer: only its top-level `usage` and `timings` members are parsed, not the relayed
-// text or vectors around them. False when the answer has no usage or it is not valid JSON.
+// A whole answer, read as a chunk is. False when the answer has no usage object, or as above.
 bool scan_answer_usage(std::string_view body, UsageSeen& out);
 
 }  // namespace aicloud::gateway

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
+#include <optional>
 #include <stdexcept>
 #include <mutex>
 #include <unordered_map>
@@ -27,33 +29,65 @@ using tcp = asio::ip::tcp;
 // The pool's io_context is run by one thread (each of the server's io threads has its own, see
 // http/server.h), so a call's handlers, its stream's timer and a cancel() posted from elsewhere
 // never run concurrently without a strand: a strand would cost a lock and a queue per handler.
-using Pooled = std::unique_ptr<TcpStream>;  // an idle keep-alive connection
+// An idle keep-alive connection, with the read buffer its last answer was read into: the buffer
+// keeps its room for the next answer (a new one per call was an allocation of kReadRoom each).
+struct Pooled {
+  std::unique_ptr<TcpStream> stream;
+  beast::flat_buffer buf;
+};
+
+// Where connections go: a host and port. Looked up by view (host_view), with no key string built
+// per call.
+struct Target {
+  std::string host;
+  uint16_t port;
+};
+struct TargetView {
+  std::string_view host;
+  uint16_t port;
+};
+struct TargetHash {
+  using is_transparent = void;
+  size_t operator()(const TargetView& t) const { return std::hash<std::string_view>{}(t.host) * 31 + t.port; }
+  size_t operator()(const Target& t) const { return (*this)(TargetView{t.host, t.port}); }
+};
+struct TargetEq {
+  using is_transparent = void;
+  static TargetView view(const Target& t) { return {t.host, t.port}; }
+  static TargetView view(const TargetView& t) { return t; }
+  template <class A, class B>
+  bool operator()(const A& a, const B& b) const {
+    return view(a).host == view(b).host && view(a).port == view(b).port;
+  }
+};
 
 struct UpstreamPool::Impl {
+  using Idle = std::unordered_map<Target, std::vector<Pooled>, TargetHash, TargetEq>;
   asio::io_context& ioc;
   size_t max_idle;
   mutable std::mutex mu;
-  std::unordered_map<std::string, std::vector<Pooled>> idle;
+  Idle idle;
 
   Impl(asio::io_context& i, size_t m) : ioc(i), max_idle(m) {}
 
-  Pooled take(const std::string& key) {  // nullptr: none idle
+  std::optional<Pooled> take(TargetView t) {  // none: none idle
     std::lock_guard lk(mu);
-    auto it = idle.find(key);
-    if (it == idle.end() || it->second.empty()) return nullptr;
+    auto it = idle.find(t);
+    if (it == idle.end() || it->second.empty()) return std::nullopt;
     Pooled p = std::move(it->second.back());
     it->second.pop_back();
     return p;
   }
-  void put(const std::string& key, Pooled p) {
+  void put(TargetView t, Pooled p) {
     std::lock_guard lk(mu);
     if (closed) return;
-    auto& v = idle[key];
-    if (v.size() < max_idle) v.push_back(std::move(p));
+    auto it = idle.find(t);
+    if (it == idle.end()) it = idle.emplace(Target{std::string(t.host), t.port}, std::vector<Pooled>{}).first;
+    if (it->second.size() < max_idle) it->second.push_back(std::move(p));
   }
   // Closes every idle connection; later puts close theirs at once.
   void close_idle() {
-    std::unordered_map<std::string, std::vector<Pooled>> gone;
+    Idle gone;
     {
       std::lock_guard lk(mu);
       closed = true;
@@ -109,17 +143,16 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       : pool_(std::move(pool)),
         host_(std::move(host)),
         port_(port),
-        key_(host_ + ":" + std::to_string(port_)),
         body_(std::move(req.body)),
         body_view_(req.handler_body.data() ? req.handler_body : std::string_view(body_)),
-        head_(request_head(req, key_, body_view_.size())),
+        head_(request_head(req, host_, port_, body_view_.size())),
         h_(std::move(handler)),
         t_(t),
         ex_(pool_->ioc.get_executor()) {}
 
   // The request line and fields: the caller's, then Host and Content-Length (HTTP/1.1 keeps the
   // connection alive by default). The framing fields are the pool's own.
-  static std::string request_head(const UpstreamRequest& req, const std::string& host, size_t body_size) {
+  static std::string request_head(const UpstreamRequest& req, std::string_view host, uint16_t port, size_t body_size) {
     std::string h;
     h.reserve(128 + req.target.size() + req.fields.size());
     h.append(req.method).append(" "sv).append(req.target).append(" HTTP/1.1\r\n"sv);
@@ -130,14 +163,17 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       h.append(name).append(": "sv).append(value).append("\r\n"sv);
     }
     h += req.fields;
-    h.append("Host: "sv).append(host).append("\r\nContent-Length: "sv).append(std::to_string(body_size)).append("\r\n\r\n"sv);
+    char num[24];
+    h.append("Host: "sv).append(host).append(":"sv).append(num, std::to_chars(num, num + sizeof num, port).ptr);
+    h.append("\r\nContent-Length: "sv).append(num, std::to_chars(num, num + sizeof num, body_size).ptr).append("\r\n\r\n"sv);
     return h;
   }
 
   // Runs in send(), before anyone else holds the call.
   void start() {
-    if (auto p = pool_->take(key_)) {
-      conn_ = std::move(p);
+    if (auto p = pool_->take({host_, port_})) {
+      conn_ = std::move(p->stream);
+      buf_ = std::move(p->buf);
       reused_ = true;
     } else {
       conn_ = std::make_unique<TcpStream>(ex_);
@@ -157,6 +193,9 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   }
 
  private:
+  // "host:port", for errors.
+  std::string where() const { return host_ + ":" + std::to_string(port_); }
+
   void connect() {
     beast::error_code ec;
     auto addr = asio::ip::make_address(host_ == "localhost" ? "127.0.0.1" : host_, ec);
@@ -181,7 +220,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
 
   void on_connect(beast::error_code ec) {
     if (done_) return;
-    if (ec) return finish("cannot connect to " + key_ + ": " + ec.message(), false, false);
+    if (ec) return finish("cannot connect to " + where() + ": " + ec.message(), false, false);
     beast::error_code ignored;
     conn_->socket().set_option(tcp::no_delay(true), ignored);
     conn_->socket().non_blocking(true, ignored);  // for write_now
@@ -192,7 +231,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     bufs_ = {asio::buffer(head_), asio::buffer(body_view_.data(), body_view_.size())};
     write_now(*conn_, bufs_, t_.connect + std::chrono::seconds(30), [self = shared_from_this()](beast::error_code ec) {
       if (self->done_) return;
-      if (ec) return self->retry_or_fail("sending to " + self->key_ + ": " + ec.message());
+      if (ec) return self->retry_or_fail("sending to " + self->where() + ": " + ec.message());
       self->read_response();
     });
   }
@@ -235,10 +274,10 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     if (n > 0) got_response_ = true;
     if (ec == asio::error::eof && parser_->got_some()) {  // a body that ends with the connection, or a cut-off one
       if (parser_->put_eof() == AnswerParser::Result::kDone) return parse();
-      return finish("reading from " + key_ + ": " + parser_->error(), got_response_, false);
+      return finish("reading from " + where() + ": " + parser_->error(), got_response_, false);
     }
-    if (ec && !got_response_) return retry_or_fail("reading from " + key_ + ": " + ec.message());
-    if (ec) return finish("reading from " + key_ + ": " + ec.message(), true, false);
+    if (ec && !got_response_) return retry_or_fail("reading from " + where() + ": " + ec.message());
+    if (ec) return finish("reading from " + where() + ": " + ec.message(), true, false);
     parse();
   }
 
@@ -261,7 +300,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     buf_.consume(used);
     if (done_) return;
     if (r == R::kDone) return finish("", true, parser_->keep_alive());
-    if (r == R::kError) return finish("reading from " + key_ + ": " + parser_->error(), got_response_, false);
+    if (r == R::kError) return finish("reading from " + where() + ": " + parser_->error(), got_response_, false);
     h_->on_read_end();  // (it may cancel)
     if (done_) return;
     read_more();
@@ -288,8 +327,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     first_deadline_.cancel();
     if (reusable && buf_.size() == 0) {
       conn_->expires_never();
-      pool_->put(key_, std::move(conn_));
-      conn_ = nullptr;
+      pool_->put({host_, port_}, Pooled{std::move(conn_), std::move(buf_)});
     } else {
       beast::error_code ec;
       conn_->socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -303,7 +341,6 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   std::shared_ptr<UpstreamPool::Impl> pool_;
   std::string host_;
   uint16_t port_;
-  std::string key_;
   // The request, written as it is to every connection tried: the body (body_, or the handler's
   // own: UpstreamRequest::handler_body) and the head that gives its length.
   std::string body_;

@@ -198,6 +198,21 @@ const char* number_end(const char* p, const char* end, Number& n) {
 
 }  // namespace detail
 
+bool valid(std::string_view text) {
+  struct Accept {
+    bool null() { return true; }
+    bool boolean(bool) { return true; }
+    bool number(const Number&) { return true; }
+    bool string(std::string_view, bool) { return true; }
+    bool key(std::string_view, bool) { return true; }
+    bool start_object() { return true; }
+    bool end_object() { return true; }
+    bool start_array() { return true; }
+    bool end_array() { return true; }
+  } accept;
+  return scan(text, accept);
+}
+
 std::string unescape(std::string_view raw) {
   std::string out;
   out.reserve(raw.size());

@@ -134,4 +134,8 @@ bool scan(std::string_view text, Handler& h) {
   }
 }
 
+// Whether text is one valid JSON document nested at most kMaxJsonDepth deep (scan() with a
+// handler that takes everything).
+bool valid(std::string_view text);
+
 }  // namespace aicloud::json_scan

@@ -242,8 +242,8 @@ bool skip_container(const char*& p, const char* const end) {
 
 }  // namespace
 
-bool for_each_top_level_member(std::string_view doc,
-                               const std::function<bool(std::string_view key, std::string_view value)>& f) {
+namespace json_walk_detail {
+bool for_each_top_level_member(std::string_view doc, MemberFn call, void* f) {
   const char* p = doc.data();
   const char* const end = p + doc.size();
   // (Whitespace is seldom there: one test, of a byte above ' ', says it is not.)
@@ -290,12 +290,14 @@ bool for_each_top_level_member(std::string_view doc,
     if (p >= end) return false;
     const char* begin = p;
     if (!value()) return false;
-    if (!f(*k, std::string_view(begin, size_t(p - begin)))) return true;
+    if (!call(f, *k, std::string_view(begin, size_t(p - begin)))) return true;
     skip_ws();
     if (p < end && *p == '}') return true;
     if (p >= end || *p != ',') return false;
     ++p;
   }
 }
+
+}  // namespace json_walk_detail
 
 }  // namespace aicloud

@@ -9,6 +9,8 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <memory>
 
 namespace aicloud {
 
@@ -27,8 +29,19 @@ std::string dump_json(const json& j);
 // "usage", found past its text). Strings and nesting are skipped, not checked: a value is parsed by
 // the caller, which is where malformed text is caught. False when doc is not an object or ends
 // inside one (members before that were seen).
-bool for_each_top_level_member(std::string_view doc,
-                               const std::function<bool(std::string_view key, std::string_view value)>& f);
+// f is called through a plain function pointer: a std::function here was an allocation-free but
+// indirect call per member, and the walk runs on every relayed answer.
+namespace json_walk_detail {
+using MemberFn = bool (*)(void* f, std::string_view key, std::string_view value);
+bool for_each_top_level_member(std::string_view doc, MemberFn call, void* f);
+}  // namespace json_walk_detail
+template <class F>
+bool for_each_top_level_member(std::string_view doc, F&& f) {
+  using Fn = std::remove_reference_t<F>;
+  return json_walk_detail::for_each_top_level_member(
+      doc, [](void* g, std::string_view k, std::string_view v) -> bool { return (*static_cast<Fn*>(g))(k, v); },
+      const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+}
 
 class BodyReader {
  public:
