@@ -556,6 +556,68 @@ TEST_F(StreamProxy, AnUpstreamThatNeverAnswersTimesOutAtTheFirstByte) {
   EXPECT_EQ(pool->idle_connections(), 0u);
 }
 
+// The first-byte deadline stays with a pooled connection from one call to the next (a lazy timer:
+// http/ready_read.h). A call on a reused connection still ends when its own first byte is due:
+// after an answered call with a longer deadline (whose wait is still pending: it is replaced), and
+// after one with the same (its wait ends first and moves on to the new deadline).
+TEST_F(StreamProxy, ACallOnAReusedConnectionTimesOutAtItsOwnFirstByte) {
+  for (auto before : {std::chrono::milliseconds(20'000), std::chrono::milliseconds(300)}) {
+    asio::io_context io;
+    asio::ip::tcp::acceptor acc(io, {asio::ip::make_address("127.0.0.1"), 0});
+    uint16_t port = acc.local_endpoint().port();
+    std::atomic<int> accepted{0};
+    // Answers the first request on the first connection, then answers nothing more on any.
+    std::thread up([&] {
+      std::vector<std::unique_ptr<asio::ip::tcp::socket>> open;
+      for (int i = 0; i < 2; ++i) {
+        auto s = std::make_unique<asio::ip::tcp::socket>(io);
+        boost::system::error_code ec;
+        acc.accept(*s, ec);
+        if (ec) break;
+        ++accepted;
+        if (i == 0) {
+          std::string req;
+          char buf[4096];
+          while (req.find("\r\n\r\n") == std::string::npos && !ec) req.append(buf, s->read_some(asio::buffer(buf), ec));
+          asio::write(*s, asio::buffer(std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")), ec);
+        }
+        open.push_back(std::move(s));
+      }
+      // Holds both open (reading nothing more) until the pool gives up on the second.
+      for (auto& s : open) {
+        char buf[4096];
+        boost::system::error_code ec;
+        while (!ec) s->read_some(asio::buffer(buf), ec);
+      }
+    });
+    Collected first;
+    UpstreamTimeouts t1;
+    t1.first_byte = before;
+    send_x(port, first, t1);
+    ASSERT_TRUE(first.wait());
+    ASSERT_EQ(first.error, "");
+    ASSERT_EQ(first.body, "ok");
+    ASSERT_EQ(pool->idle_connections(), 1u);
+
+    Collected second;
+    UpstreamTimeouts t2;
+    t2.first_byte = std::chrono::milliseconds(300);
+    auto t0 = std::chrono::steady_clock::now();
+    send_x(port, second, t2);
+    ASSERT_TRUE(second.wait(std::chrono::seconds(15))) << "the reused connection's call never timed out (before "
+                                                        << before.count() << " ms)";
+    auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_NE(second.error.find("timeout"), std::string::npos) << second.error;
+    EXPECT_FALSE(second.got_response);
+    // On the reused connection, then once more on a new one (a stale pooled connection is retried).
+    EXPECT_GE(took, 500ms) << "before " << before.count() << " ms";
+    EXPECT_LT(took, 5s) << "before " << before.count() << " ms";
+    EXPECT_EQ(accepted.load(), 2);
+    acc.close();
+    up.join();
+  }
+}
+
 // An upstream that says keep-alive but ends its side of the connection right after its answer
 // (a FIN that arrives with the answer's bytes) and keeps the socket open, so that nothing more,
 // not even a reset, comes on it: the pool must not send the next request on that connection and

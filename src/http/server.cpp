@@ -78,9 +78,16 @@ struct Server::Impl {
   std::atomic<bool> stopping{false};
   std::chrono::steady_clock::time_point stop_deadline;
 
+  // Each io_context is run by one thread, and every operation on its sockets is started on that
+  // thread: a session's (after the accepting thread has made it, before its first operation), an
+  // upstream call's (gateway lanes: http/upstream.h), and work from elsewhere is posted (a
+  // stream's notify, a cancel, a stop). So its reactor need not lock each socket's operation
+  // queues: UNSAFE_IO leaves that lock out (four lock and unlock pairs per proxied request), and
+  // keeps the locks of the scheduler (posts come from other threads) and of registration and
+  // timers.
   static std::vector<std::unique_ptr<asio::io_context>> make_contexts(int n) {
     std::vector<std::unique_ptr<asio::io_context>> v;
-    for (int i = 0; i < n; ++i) v.push_back(std::make_unique<asio::io_context>(1));
+    for (int i = 0; i < n; ++i) v.push_back(std::make_unique<asio::io_context>(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO));
     return v;
   }
 

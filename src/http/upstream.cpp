@@ -29,12 +29,18 @@ using tcp = asio::ip::tcp;
 // The pool's io_context is run by one thread (each of the server's io threads has its own, see
 // http/server.h), so a call's handlers, its stream's timer and a cancel() posted from elsewhere
 // never run concurrently without a strand: a strand would cost a lock and a queue per handler.
-// An idle keep-alive connection, with the read buffer its last answer was read into: the buffer
-// keeps its room for the next answer (a new one per call was an allocation of kReadRoom each).
-struct Pooled {
-  std::unique_ptr<TcpStream> stream;
+// A connection, and what stays with it from one call to the next when it is kept alive: the
+// buffer answers are read into (its room kept: a new one per call was an allocation each), and the
+// first-byte deadline's timer, which is lazy (http/ready_read.h), so that a call that is answered
+// in time neither sets nor cancels a timer (a new timer per call was set and cancelled, a reactor
+// lock and a queued cancellation each). Shared: the deadline holds its connection weakly.
+struct Conn {
+  explicit Conn(const IoExecutor& ex) : stream(ex), deadline(ex) {}
+  TcpStream stream;
   beast::flat_buffer buf;
+  ReadDeadline deadline;
 };
+using Pooled = std::shared_ptr<Conn>;
 
 // Where connections go: a host and port. Looked up by view (host_view), with no key string built
 // per call.
@@ -70,10 +76,10 @@ struct UpstreamPool::Impl {
 
   Impl(asio::io_context& i, size_t m) : ioc(i), max_idle(m) {}
 
-  std::optional<Pooled> take(TargetView t) {  // none: none idle
+  Pooled take(TargetView t) {  // nullptr: none idle
     std::lock_guard lk(mu);
     auto it = idle.find(t);
-    if (it == idle.end() || it->second.empty()) return std::nullopt;
+    if (it == idle.end() || it->second.empty()) return nullptr;
     Pooled p = std::move(it->second.back());
     it->second.pop_back();
     return p;
@@ -172,11 +178,10 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // Runs in send(), before anyone else holds the call.
   void start() {
     if (auto p = pool_->take({host_, port_})) {
-      conn_ = std::move(p->stream);
-      buf_ = std::move(p->buf);
+      conn_ = std::move(p);
       reused_ = true;
     } else {
-      conn_ = std::make_unique<TcpStream>(ex_);
+      conn_ = std::make_shared<Conn>(ex_);
     }
     asio::dispatch(ex_, [self = shared_from_this()] {
       if (self->reused_) return self->write();
@@ -205,15 +210,15 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
                                [self = shared_from_this()](beast::error_code ec2, tcp::resolver::results_type r) {
                                  if (self->done_) return;
                                  if (ec2) return self->finish("cannot resolve " + self->host_ + ": " + ec2.message(), false, false);
-                                 self->conn_->expires_after(self->t_.connect);
-                                 self->conn_->async_connect(r, [self](beast::error_code ec3, const tcp::endpoint&) {
+                                 self->conn_->stream.expires_after(self->t_.connect);
+                                 self->conn_->stream.async_connect(r, [self](beast::error_code ec3, const tcp::endpoint&) {
                                    self->on_connect(ec3);
                                  });
                                });
       return;
     }
-    conn_->expires_after(t_.connect);
-    conn_->async_connect(tcp::endpoint(addr, port_), [self = shared_from_this()](beast::error_code ec2) {
+    conn_->stream.expires_after(t_.connect);
+    conn_->stream.async_connect(tcp::endpoint(addr, port_), [self = shared_from_this()](beast::error_code ec2) {
       self->on_connect(ec2);
     });
   }
@@ -222,14 +227,14 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     if (done_) return;
     if (ec) return finish("cannot connect to " + where() + ": " + ec.message(), false, false);
     beast::error_code ignored;
-    conn_->socket().set_option(tcp::no_delay(true), ignored);
-    conn_->socket().non_blocking(true, ignored);  // for write_now
+    conn_->stream.socket().set_option(tcp::no_delay(true), ignored);
+    conn_->stream.socket().non_blocking(true, ignored);  // for write_now
     write();
   }
 
   void write() {
     bufs_ = {asio::buffer(head_), asio::buffer(body_view_.data(), body_view_.size())};
-    write_now(*conn_, bufs_, t_.connect + std::chrono::seconds(30), [self = shared_from_this()](beast::error_code ec) {
+    write_now(conn_->stream, bufs_, t_.connect + std::chrono::seconds(30), [self = shared_from_this()](beast::error_code ec) {
       if (self->done_) return;
       if (ec) return self->retry_or_fail("sending to " + self->where() + ": " + ec.message());
       self->read_response();
@@ -243,7 +248,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   void read_response() {
     // Room for a typical answer (a completion, a short stream) in one read: Beast's buffer
     // started at 512 bytes, which took 3-4.
-    buf_.reserve(kReadRoom);
+    conn_->buf.reserve(kReadRoom);
     parser_.emplace();
     read_more();
   }
@@ -253,24 +258,24 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // first-byte timeout. The rest of the answer is read through the stream, under the idle one.
   void read_more() {
     if (!got_response_) return first_read();
-    conn_->expires_after(t_.idle);
-    conn_->async_read_some(buf_.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
+    conn_->stream.expires_after(t_.idle);
+    conn_->stream.async_read_some(conn_->buf.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
       if (self->done_) return;
       self->on_read(ec, n);
     });
   }
 
   void first_read() {
-    first_deadline_.arm(t_.first_byte, weak_from_this(), conn_->socket());
-    async_read_ready(conn_->socket(), buf_.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
-      ec = self->first_deadline_.done(ec);
+    conn_->deadline.arm(t_.first_byte, std::weak_ptr<const Conn>(conn_), conn_->stream.socket());
+    async_read_ready(conn_->stream.socket(), conn_->buf.prepare(kReadRoom), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      ec = self->conn_->deadline.done(ec);
       if (self->done_) return;
       self->on_read(ec, n);
     });
   }
 
   void on_read(beast::error_code ec, size_t n) {
-    buf_.commit(n);
+    conn_->buf.commit(n);
     if (n > 0) got_response_ = true;
     if (ec == asio::error::eof && parser_->got_some()) {  // a body that ends with the connection, or a cut-off one
       if (parser_->put_eof() == AnswerParser::Result::kDone) return parse();
@@ -283,13 +288,13 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
 
   // Feeds what the buffer holds to the parser: the head once, body bytes as they come (chunking
   // removed), then the end; reads more when the parser needs it. The body's pieces are views into
-  // buf_, handed to on_data before it is consumed.
+  // the connection's buffer, handed to on_data before it is consumed.
   void parse() {
     using R = AnswerParser::Result;
     bool had_head = parser_->head_done();
     parser_->pieces.clear();
     R r = R::kNeedMore;
-    auto data = buf_.data();
+    auto data = conn_->buf.data();
     size_t used = data.size() > 0 ? parser_->put({static_cast<const char*>(data.data()), data.size()}, r) : 0;
     if (parser_->done()) r = R::kDone;  // (an answer that ended at its end of file)
     if (!had_head && parser_->head_done()) h_->on_head(parser_->head);
@@ -297,7 +302,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
       if (done_) break;  // on_head and on_data may cancel
       h_->on_data(piece);
     }
-    buf_.consume(used);
+    conn_->buf.consume(used);
     if (done_) return;
     if (r == R::kDone) return finish("", true, parser_->keep_alive());
     if (r == R::kError) return finish("reading from " + where() + ": " + parser_->error(), got_response_, false);
@@ -312,9 +317,8 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     if (reused_ && !got_response_) {
       reused_ = false;
       beast::error_code ec;
-      conn_->socket().close(ec);
-      conn_ = std::make_unique<TcpStream>(ex_);
-      buf_.clear();
+      conn_->stream.socket().close(ec);
+      conn_ = std::make_shared<Conn>(ex_);
       connect();
       return;
     }
@@ -324,14 +328,13 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   void finish(const std::string& err, bool got_response, bool reusable) {
     if (done_) return;
     done_ = true;
-    first_deadline_.cancel();
-    if (reusable && buf_.size() == 0) {
-      conn_->expires_never();
-      pool_->put({host_, port_}, Pooled{std::move(conn_), std::move(buf_)});
+    if (reusable && conn_->buf.size() == 0) {
+      conn_->stream.expires_never();
+      pool_->put({host_, port_}, std::move(conn_));
     } else {
       beast::error_code ec;
-      conn_->socket().shutdown(tcp::socket::shutdown_both, ec);
-      conn_->close();
+      conn_->stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+      conn_->stream.close();
     }
     // Let go of the handler once it has heard: it may hold this call (as the gateway does).
     std::shared_ptr<UpstreamHandler> h = std::move(h_);
@@ -350,10 +353,8 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   std::shared_ptr<UpstreamHandler> h_;  // until on_done
   UpstreamTimeouts t_;
   IoExecutor ex_;  // the pool's single-threaded io_context: every handler of this call runs there
-  std::unique_ptr<TcpStream> conn_;
-  ReadDeadline first_deadline_{ex_};  // the first-byte timeout of first_read
+  Pooled conn_;  // (the first-byte timeout of first_read is its deadline)
   std::unique_ptr<tcp::resolver> resolver_;
-  beast::flat_buffer buf_;
   std::optional<AnswerParser> parser_;
   bool reused_ = false, got_response_ = false, done_ = false;
 };
