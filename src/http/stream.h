@@ -111,14 +111,19 @@ class ResponseStream {
   // stream's end), so the session may send it at once, where pieces of a stream are better
   // gathered into one write. Pieces that follow a notification the session has not yet answered
   // with pull() do not notify again.
+  // A producer that has given something before attach() is notified of at once (as not complete:
+  // the session pulls on a later turn rather than inside attach()); one that has not notifies
+  // when it gives it. (Notifying every attach cost a posted turn of the session per response.)
   void attach(std::function<void(bool complete)> notify) {
     Notify n = std::make_shared<const std::function<void(bool)>>(std::move(notify));
+    bool given;
     {
       std::lock_guard lk(mu_);
       notify_ = n;
-      notified_ = true;
+      given = headed_;
+      notified_ = given;
     }
-    (*n)(false);  // the producer may have finished before the session attached
+    if (given) (*n)(false);
   }
   Pulled pull() {
     std::lock_guard lk(mu_);
