@@ -34,8 +34,10 @@ class CannedUpstream : public http::Handler {
       ++requests;
     }
     http::Response r;
-    // A hosted API's own limits: not the tenant's, which are the gateway's.
+    // A hosted API's own limits: not the tenant's, which are the gateway's. Its own request id
+    // is not the request's either.
     r.headers.emplace_back("X-RateLimit-Remaining-Requests", "upstream-7");
+    r.headers.emplace_back("X-Request-Id", "upstream-id");
     json in = json::parse(req.body(), nullptr, false);
     if (in.is_object() && in.value("user", "") == "oversize") {  // more than the gateway relays
       bool stream = in.value("stream", false);
@@ -214,6 +216,8 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   EXPECT_EQ(count(r, "x-ratelimit-remaining-requests"), 1) << "the upstream's own limits are not passed on";
   EXPECT_NE(r.header("x-ratelimit-remaining-requests"), "upstream-7");
   EXPECT_FALSE(r.header("x-request-id").empty());
+  EXPECT_EQ(count(r, "x-request-id"), 1) << "the upstream's own request id is not passed on";
+  EXPECT_NE(r.header("x-request-id"), "upstream-id");
   {
     std::lock_guard lk(canned.mu);
     EXPECT_EQ(canned.last_auth, "Bearer sk-upstream-secret");
@@ -230,6 +234,8 @@ TEST(Endpoints, OperatorRegistersAnUpstreamTenantsUseItMeteredAndScoped) {
   EXPECT_FALSE(st.header("x-ratelimit-remaining-tokens").empty()) << "a stream's head carries them too";
   EXPECT_EQ(count(st, "x-ratelimit-remaining-requests"), 1);
   EXPECT_NE(st.header("x-ratelimit-remaining-requests"), "upstream-7");
+  EXPECT_EQ(count(st, "x-request-id"), 1);
+  EXPECT_NE(st.header("x-request-id"), "upstream-id");
   EXPECT_EQ(st.header("content-type"), "text/event-stream");
   EXPECT_NE(st.body.find("\"prompt_tokens\":7"), std::string::npos) << st.body;
   EXPECT_NE(st.body.find("data: [DONE]"), std::string::npos) << st.body;

@@ -26,11 +26,12 @@ using namespace std::string_view_literals;
 
 namespace {
 
-http::Response error_reply(const ApiError& e, const std::string& request_id) {
+// An error's answer. Its x-request-id is the caller's to add: a streamed exchange's answers carry
+// it in their raw field lines (Exchange::rl_fields), a direct answer gets it from the App.
+http::Response error_reply(const ApiError& e) {
   http::Response r;
   r.status = unsigned(e.status);
   r.body = dump_json(e.to_json());
-  r.headers.emplace_back("x-request-id", request_id);
   return r;
 }
 
@@ -65,7 +66,7 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
   bool stream = false, client_wants_usage = false;
   int64_t t0_ms = now_ms();
   UsageRecord rec;
-  std::string rl_fields;  // the x-ratelimit-* header lines, on every answer
+  std::string rl_fields;  // the x-ratelimit-* and x-request-id header lines, on every answer
   RateLimiter::Reservation rl_reserved;  // tokens taken from the buckets; settled by the real usage
 
   std::mutex mu;  // guards the fields below: the upstream strand, the io thread of a wake, the cancel
@@ -219,10 +220,11 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
     headers = std::move(h.headers);
     // The client's rate limits are the gateway's (rl_fields): an upstream's own (a hosted API
     // behind an endpoint) are not passed on.
+    // Nor its x-request-id: the request's own is in rl_fields.
     std::erase_if(headers, [](const auto& f) {
-      return f.first.size() > 12 && strncasecmp(f.first.data(), "x-ratelimit-", 12) == 0;
+      return (f.first.size() > 12 && strncasecmp(f.first.data(), "x-ratelimit-", 12) == 0) ||
+             http::same_field(f.first, "x-request-id");
     });
-    headers.emplace_back("x-request-id", rec.request_id);
     if (stream && status == 200) {
       head_sent = true;
       flush_due = true;
@@ -381,7 +383,7 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
   }
 
   void fail(const ApiError& e, std::vector<std::pair<std::string, std::string>> extra = {}) {
-    http::Response r = error_reply(e, rec.request_id);
+    http::Response r = error_reply(e);
     r.fields = rl_fields;
     for (auto& h : extra) r.headers.push_back(h);
     finish_record(e.status, [self = shared_from_this(), r = std::move(r)]() mutable { self->out->reply(std::move(r)); });
@@ -407,8 +409,8 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
       if (!deliver) return;
       if (durable) return deliver();
       http::Response r = error_reply(
-          ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"),
-          self->rec.request_id);
+          ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"));
+      r.fields = std::move(self->rl_fields);  // (untaken: no head has gone out)
       if (self->head_sent) {
         self->emit("data: " + r.body + "\n\n", true);
       } else {
@@ -504,7 +506,7 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
                      ", Used " + std::to_string(used) + ", Requested " + std::to_string(wanted) +
                      ". Please try again in " + RateLimiter::format_duration(d.retry_after_ms) + ".",
                  "rate_limit_exceeded");
-      http::Response res = error_reply(e, c.request_id);
+      http::Response res = error_reply(e);  // (a direct answer: the App adds the x-request-id)
       res.fields = std::move(rl_fields);
       res.headers.emplace_back("retry-after", std::to_string(std::max<int64_t>(1, (d.retry_after_ms + 999) / 1000)));
       return res;
@@ -513,6 +515,8 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   }
 
   auto ex = std::make_shared<Exchange>(*this, this_lane());
+  // (The request id is checked, request_id_for in api/app.cpp: letters, digits, - _ .)
+  rl_fields.append("x-request-id: "sv).append(c.request_id).append("\r\n"sv);
   ex->rl_fields = std::move(rl_fields);
   ex->rl_reserved = reserved;
   ex->path = path;
