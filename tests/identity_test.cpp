@@ -74,6 +74,28 @@ TEST(Ids, PrefixLengthAlphabetUniqueness) {
   EXPECT_EQ(seen.size(), 20000u);
 }
 
+TEST(Ids, RequestIdsAreReqAnd32HexDigitsEachEquallyLikely) {
+  std::set<std::string> seen;
+  std::map<char, int> count;
+  for (int i = 0; i < 4000; ++i) {
+    std::string id = new_request_id();
+    ASSERT_EQ(id.size(), 36u) << id;
+    ASSERT_TRUE(id.starts_with("req_")) << id;
+    for (char ch : std::string_view(id).substr(4)) {
+      ASSERT_TRUE((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')) << id;
+      ++count[ch];
+    }
+    seen.insert(id);
+  }
+  EXPECT_EQ(seen.size(), 4000u);
+  // 128,000 digits: each of the 16 near 8,000 (sd ~87; the bounds are >10 sd).
+  EXPECT_EQ(count.size(), 16u);
+  for (auto [ch, n] : count) {
+    EXPECT_GT(n, 7000) << ch;
+    EXPECT_LT(n, 9000) << ch;
+  }
+}
+
 TEST(Ids, RandomBase62LengthAndDistribution) {
   EXPECT_EQ(random_base62(0), "");
   for (size_t n : {1u, 7u, 63u, 64u, 65u, 200u}) {

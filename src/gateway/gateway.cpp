@@ -494,7 +494,8 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
     // slightly high, and settled by the real usage when the request ends.
     int64_t prompt = int64_t(q.input == T::kString ? q.input_size : c.req.body().size()) / 4 + 1;
     auto d = limiter_->acquire(who.project_id, who.actor_id, model, max_out + prompt);
-    rl_fields = RateLimiter::header_lines(d.report);
+    rl_fields.reserve(320);  // the six lines and the request id's, in one allocation
+    RateLimiter::append_header_lines(rl_fields, d.report);
     if (!d.allowed) {
       bool req = d.exceeded == "requests";
       int64_t limit = req ? d.report.limit_requests : d.report.limit_tokens;

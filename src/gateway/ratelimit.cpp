@@ -311,7 +311,8 @@ class LineWriter {
   }
   void put(char c) { *p_++ = c; }
   void num(int64_t v) { p_ = std::to_chars(p_, end_, v).ptr; }
-  std::string str() const { return std::string(buf_, size_t(p_ - buf_)); }
+  std::string_view view() const { return std::string_view(buf_, size_t(p_ - buf_)); }
+  std::string str() const { return std::string(view()); }
 
   // "1s", "6m0s", "120ms": OpenAI's duration format (format_duration).
   void duration(int64_t ms) {
@@ -356,6 +357,12 @@ std::string RateLimiter::format_duration(int64_t ms) {
 }
 
 std::string RateLimiter::header_lines(const Report& r) {
+  std::string out;
+  append_header_lines(out, r);
+  return out;
+}
+
+void RateLimiter::append_header_lines(std::string& out, const Report& r) {
   LineWriter w;
   // The limit, what remains and when it is whole again, of one kind ("requests" or "tokens").
   auto kind = [&w](std::string_view what, int64_t limit, int64_t remaining, int64_t reset_ms) {
@@ -375,7 +382,7 @@ std::string RateLimiter::header_lines(const Report& r) {
   };
   kind("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
   kind("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
-  return w.str();
+  out += w.view();
 }
 
 }  // namespace aicloud::gateway

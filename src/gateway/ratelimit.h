@@ -120,6 +120,8 @@ class RateLimiter {
   // The x-ratelimit-* headers of a report, as header lines ("Name: value\r\n" each: what
   // http::Response::fields holds).
   static std::string header_lines(const Report& r);
+  // The same lines, appended to out (an answer's field lines, which the request id joins).
+  static void append_header_lines(std::string& out, const Report& r);
 
  private:
   void refill(Bucket& b, int64_t capacity, int64_t now) const;
