@@ -29,6 +29,11 @@ using tcp = asio::ip::tcp;
 // The pool's io_context is run by one thread (each of the server's io threads has its own, see
 // http/server.h), so a call's handlers, its stream's timer and a cancel() posted from elsewhere
 // never run concurrently without a strand: a strand would cost a lock and a queue per handler.
+
+// (This file's own types: an unnamed namespace, so that none can clash with another of the same
+// name elsewhere in aicloud::http, such as router.h's Target.)
+namespace {
+
 // A connection, and what stays with it from one call to the next when it is kept alive: the
 // buffer answers are read into (its room kept: a new one per call was an allocation each), and the
 // first-byte deadline's timer, which is lazy (http/ready_read.h), so that a call that is answered
@@ -42,33 +47,35 @@ struct Conn {
 };
 using Pooled = std::shared_ptr<Conn>;
 
-// Where connections go: a host and port. Looked up by view (host_view), with no key string built
-// per call.
-struct Target {
+// Where pooled connections go: a host and port, looked up by view, with no key string built per
+// call.
+struct PoolKey {
   std::string host;
   uint16_t port;
 };
-struct TargetView {
+struct PoolKeyView {
   std::string_view host;
   uint16_t port;
 };
-struct TargetHash {
+struct PoolKeyHash {
   using is_transparent = void;
-  size_t operator()(const TargetView& t) const { return std::hash<std::string_view>{}(t.host) * 31 + t.port; }
-  size_t operator()(const Target& t) const { return (*this)(TargetView{t.host, t.port}); }
+  size_t operator()(const PoolKeyView& k) const { return std::hash<std::string_view>{}(k.host) * 31 + k.port; }
+  size_t operator()(const PoolKey& k) const { return (*this)(PoolKeyView{k.host, k.port}); }
 };
-struct TargetEq {
+struct PoolKeyEq {
   using is_transparent = void;
-  static TargetView view(const Target& t) { return {t.host, t.port}; }
-  static TargetView view(const TargetView& t) { return t; }
+  static PoolKeyView view(const PoolKey& k) { return {k.host, k.port}; }
+  static PoolKeyView view(const PoolKeyView& k) { return k; }
   template <class A, class B>
   bool operator()(const A& a, const B& b) const {
     return view(a).host == view(b).host && view(a).port == view(b).port;
   }
 };
 
+}  // namespace
+
 struct UpstreamPool::Impl {
-  using Idle = std::unordered_map<Target, std::vector<Pooled>, TargetHash, TargetEq>;
+  using Idle = std::unordered_map<PoolKey, std::vector<Pooled>, PoolKeyHash, PoolKeyEq>;
   asio::io_context& ioc;
   size_t max_idle;
   mutable std::mutex mu;
@@ -76,7 +83,7 @@ struct UpstreamPool::Impl {
 
   Impl(asio::io_context& i, size_t m) : ioc(i), max_idle(m) {}
 
-  Pooled take(TargetView t) {  // nullptr: none idle
+  Pooled take(PoolKeyView t) {  // nullptr: none idle
     std::lock_guard lk(mu);
     auto it = idle.find(t);
     if (it == idle.end() || it->second.empty()) return nullptr;
@@ -84,11 +91,11 @@ struct UpstreamPool::Impl {
     it->second.pop_back();
     return p;
   }
-  void put(TargetView t, Pooled p) {
+  void put(PoolKeyView t, Pooled p) {
     std::lock_guard lk(mu);
     if (closed) return;
     auto it = idle.find(t);
-    if (it == idle.end()) it = idle.emplace(Target{std::string(t.host), t.port}, std::vector<Pooled>{}).first;
+    if (it == idle.end()) it = idle.emplace(PoolKey{std::string(t.host), t.port}, std::vector<Pooled>{}).first;
     if (it->second.size() < max_idle) it->second.push_back(std::move(p));
   }
   // Closes every idle connection; later puts close theirs at once.
