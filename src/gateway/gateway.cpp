@@ -410,7 +410,7 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
       if (durable) return deliver();
       http::Response r = error_reply(
           ApiError(503, "server_error", "The request could not be metered; it was not billed. Retry shortly.", "metering_unavailable"));
-      r.fields = std::move(self->rl_fields);  // (untaken: no head has gone out)
+      r.fields = std::move(self->rl_fields);  // (a streamed head took them already: its error is an event)
       if (self->head_sent) {
         self->emit("data: " + r.body + "\n\n", true);
       } else {

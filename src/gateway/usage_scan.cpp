@@ -89,9 +89,8 @@ bool read(const Members& m, UsageSeen& seen) {
 bool is_empty_container(std::string_view v) {
   if (v == "null") return true;
   if (v.size() < 2 || (v.front() != '[' && v.front() != '{')) return false;
-  size_t i = 1;
-  while (i < v.size() && (v[i] == ' ' || v[i] == '\n' || v[i] == '\r' || v[i] == '\t')) ++i;
-  return i < v.size() && v[i] == (v.front() == '[' ? ']' : '}');
+  const char* p = json_scan::detail::skip_ws(v.data() + 1, v.data() + v.size());
+  return p < v.data() + v.size() && *p == (v.front() == '[' ? ']' : '}');
 }
 
 }  // namespace

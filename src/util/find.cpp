@@ -74,16 +74,15 @@ size_t find(std::string_view hay, std::string_view needle, size_t from, FindWidt
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx2 && width == FindWidth::kWidest) {
-    if (size_t at = find_avx2(p, i, last, needle); at != npos) return at;
+    if (size_t found = find_avx2(p, i, last, needle); found != npos) return found;
   }
 #endif
   if (width != FindWidth::kBytes) {
-    if (size_t at = find_sse2(p, i, last, needle); at != npos) return at;
+    if (size_t found = find_sse2(p, i, last, needle); found != npos) return found;
   }
   for (; i <= last; ++i) {
     if (p[i + 1] == needle[1] && memcmp(p + i, needle.data(), n) == 0) return i;
   }
-  from = i;
   return npos;
 }
 

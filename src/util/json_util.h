@@ -29,8 +29,9 @@ std::string dump_json(const json& j);
 // "usage", found past its text). Strings and nesting are skipped, not checked: a value is parsed by
 // the caller, which is where malformed text is caught. False when doc is not an object or ends
 // inside one (members before that were seen).
-// f is called through a plain function pointer: a std::function here was an allocation-free but
-// indirect call per member, and the walk runs on every relayed answer.
+// f is passed by reference and called through a plain function pointer (a function_ref): a
+// std::function here was made and destroyed (a manager call) for every walk, several per relayed
+// answer (~100-170 instructions per request).
 namespace json_walk_detail {
 using MemberFn = bool (*)(void* f, std::string_view key, std::string_view value);
 bool for_each_top_level_member(std::string_view doc, MemberFn call, void* f);
