@@ -234,19 +234,27 @@ run() {
   [ "$(get errors)" = 0 ] || echo "bench: $mode $kind $target had errors: $(grep 'first error' <<<"$out")" >&2
 }
 
+# overhead MODE KIND ROUND: direct, then the two proxies back to back, nginx first in odd rounds
+# and the gateway first in even ones (ABBA...), so that a machine that drifts over a round's
+# seconds favours neither.
+overhead() {
+  local direct_port=$P_WHOLE proxy_port=$P_PROXY body=$TMP/$2.json
+  [ "$2" = stream ] && { direct_port=$P_STREAM; proxy_port=$P_PROXY_STREAM; }
+  run "$1" "$2" direct "http://127.0.0.1:$direct_port/v1/chat/completions" "$body"
+  if [ $(($3 % 2)) = 1 ]; then
+    run "$1" "$2" nginx "http://127.0.0.1:$proxy_port/v1/chat/completions" "$body"
+    run "$1" "$2" gateway "$URL/v1/chat/completions" "$body" "$PKEY"
+  else
+    run "$1" "$2" gateway "$URL/v1/chat/completions" "$body" "$PKEY"
+    run "$1" "$2" nginx "http://127.0.0.1:$proxy_port/v1/chat/completions" "$body"
+  fi
+}
 echo "mode kind target rps p50_us p99_us errors tokens_per_s proxy_cpu_us_per_req"
 for r in $(seq "$RUNS"); do
   for mode in $MODES; do
-    if has_case whole; then
-      run "$mode" whole direct "http://127.0.0.1:$P_WHOLE/v1/chat/completions" "$TMP/whole.json"
-      run "$mode" whole nginx "http://127.0.0.1:$P_PROXY/v1/chat/completions" "$TMP/whole.json"
-      run "$mode" whole gateway "$URL/v1/chat/completions" "$TMP/whole.json" "$PKEY"
-    fi
-    if has_case stream; then
-      run "$mode" stream direct "http://127.0.0.1:$P_STREAM/v1/chat/completions" "$TMP/stream.json"
-      run "$mode" stream nginx "http://127.0.0.1:$P_PROXY_STREAM/v1/chat/completions" "$TMP/stream.json"
-      run "$mode" stream gateway "$URL/v1/chat/completions" "$TMP/stream.json" "$PKEY"
-    fi
+    for kind in whole stream; do
+      has_case "$kind" && overhead "$mode" "$kind" "$r"
+    done
   done
 done
 
@@ -300,6 +308,13 @@ for mode in $MODES; do
         "$([ $target = direct ] && echo - || awk -v a="$p99" -v b="$d99" 'BEGIN { printf "%+.0f us", a - b }')" \
         "$(awk -v a="$rps" -v b="$nrps" 'BEGIN { printf "%.2fx", b ? a / b : 0 }')"
     done
+    # At saturation, each round's gateway / nginx (the two ran back to back) and their median:
+    # steadier than the ratio of the medians when the machine's speed drifts between rounds.
+    [ "$mode" = saturate ] || continue
+    pairs=$(paste <(awk -v m="$mode" -v k="$kind" '$1 == m && $2 == k && $3 == "nginx" { print $4 }' "$RESULTS") \
+      <(awk -v m="$mode" -v k="$kind" '$1 == m && $2 == k && $3 == "gateway" { print $4 }' "$RESULTS") |
+      awk '$1 > 0 { printf "%.2f\n", $2 / $1 }')
+    echo "          $mode $kind: gateway / nginx per round $(echo "$pairs" | paste -sd,), median $(echo "$pairs" | median_stdin | xargs printf "%.2f")x"
   done
 done
 awk -v r="$RECORDS" -v c="$COMMITS" -v s="$COMMIT_S" -v m="$SYNC" 'BEGIN { if (c > 0)
