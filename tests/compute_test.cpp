@@ -7,10 +7,12 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -120,7 +122,8 @@ TEST_F(Compute, GangJobRunsBothRanksWithTheirEnvironment) {
                     {{"name", "train"}, {"region", "eu-west-1"}, {"gpu_type", "H100-80GB"}, {"nodes", 2},
                      {"gpus_per_node", 8},
                      {"command", "echo rank=$AICLOUD_RANK world=$AICLOUD_WORLD_SIZE node_rank=$AICLOUD_NODE_RANK "
-                                 "master=$AICLOUD_MASTER_ADDR:$AICLOUD_MASTER_PORT cuda=$CUDA_VISIBLE_DEVICES user=$(id -un)"}},
+                                 "master=$AICLOUD_MASTER_ADDR:$AICLOUD_MASTER_PORT cuda=$CUDA_VISIBLE_DEVICES user=$(id -un) "
+                                 "nice=$(nice)"}},
                     201);
   std::string path = "/v1/compute/jobs/" + job["id"].get<std::string>();
   EXPECT_EQ(job["status"]["phase"], "pending");
@@ -141,6 +144,10 @@ TEST_F(Compute, GangJobRunsBothRanksWithTheirEnvironment) {
     EXPECT_NE(text.find("master=127.0.0.1:29500"), std::string::npos) << text;
     EXPECT_NE(text.find("cuda=0,1,2,3,4,5,6,7"), std::string::npos) << text;
     EXPECT_NE(text.find("user=nobody"), std::string::npos) << text;
+    // The agent runs workloads 10 nice levels below itself (--workload-nice), and it runs at
+    // this test's own.
+    EXPECT_NE(text.find("nice=" + std::to_string(std::min(19, getpriority(PRIO_PROCESS, 0) + 10)) + "\n"), std::string::npos)
+        << text;
   }
   EXPECT_EQ(p.call("GET", path + "/logs?rank=5").status, 400u);
 }

@@ -6,9 +6,11 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <atomic>
 #include <thread>
@@ -74,6 +76,29 @@ TEST(Executor, RunsToCompletionWithExitCodeAndLogs) {
   ASSERT_TRUE(ex.start(s, &err));
   EXPECT_EQ(ex.state("asg_1").exit_code, 3);
   EXPECT_EQ(ex.known().size(), 1u);
+}
+
+// A workload runs `nice` levels below the executor's process (the agent), capped at 19; 0 leaves
+// it at the agent's own priority. The cgroup weights that match are the kernel's for each level.
+TEST(Executor, RunsWorkloadsAtALowerCpuPriority) {
+  TempDir d;
+  Executor ex(d.path(), aicloud_binary());
+  const int own = getpriority(PRIO_PROCESS, 0);
+  std::string err;
+  for (int n : {0, 5, 19}) {
+    const std::string id = "asg_nice" + std::to_string(n);
+    auto s = spec(id, {"echo nice=$(nice)"});
+    s.nice = n;
+    ASSERT_TRUE(ex.start(s, &err)) << err;
+    ASSERT_EQ(wait_done(ex, id).exit_code, 0) << log_of(ex, id);
+    EXPECT_EQ(log_of(ex, id), "nice=" + std::to_string(std::min(19, own + n)) + "\n");
+  }
+  EXPECT_EQ(cgroup_cpu_weight(0, false), 100);
+  EXPECT_EQ(cgroup_cpu_weight(0, true), 1024);
+  EXPECT_EQ(cgroup_cpu_weight(10, false), 11);  // the kernel's weight for nice 10 is 110 of 1024
+  EXPECT_EQ(cgroup_cpu_weight(10, true), 110);
+  EXPECT_EQ(cgroup_cpu_weight(19, false), 1);
+  EXPECT_EQ(cgroup_cpu_weight(19, true), 15);
 }
 
 TEST(Executor, CommandNotFoundIs127) {

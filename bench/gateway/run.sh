@@ -30,6 +30,10 @@
 #                                 written to the OS first, which survives kill -9 but not a power cut)
 #   CASES="whole stream tokens"   whole and stream: the overhead cases; tokens: llama-server
 #   MODES="rate saturate"         which of the overhead cases' two loads to run
+#   ENGINE_NICE=10                the llama-server's nice level: the agent runs a model replica 10
+#                                 levels below itself (aicloud agent --workload-nice), so that on a
+#                                 CPU node the gateway's threads are not kept waiting by its compute
+#                                 threads; 0 runs them at the same priority
 #   SLOTS=4 MAX_TOKENS=64 TOKEN_SECONDS=8 TOKEN_ROUNDS=8   (short rounds, many of them: the
 #                                 machine's speed drifts by ±20% over minutes, so only back-to-back
 #                                 pairs compare, and the median of their ratios is the figure)
@@ -54,6 +58,7 @@ MODES=${MODES:-rate saturate}
 for m in $MODES; do
   case $m in rate | saturate) ;; *) echo "bench: MODES holds rate and/or saturate, not '$m'" >&2; exit 1 ;; esac
 done
+ENGINE_NICE=${ENGINE_NICE:-10}
 SLOTS=${SLOTS:-4}
 MAX_TOKENS=${MAX_TOKENS:-64}
 TOKEN_SECONDS=${TOKEN_SECONDS:-8}
@@ -262,7 +267,7 @@ done
 if has_case tokens; then
   "$BIN" models create-tiny --name bench-tiny --out "$TMP/tiny.gguf" >/dev/null
   P_ENGINE=$(free_port)
-  "$ENGINE" -m "$TMP/tiny.gguf" --host 127.0.0.1 --port "$P_ENGINE" -np "$SLOTS" -c $((SLOTS * 512)) --no-ui \
+  nice -n "$ENGINE_NICE" "$ENGINE" -m "$TMP/tiny.gguf" --host 127.0.0.1 --port "$P_ENGINE" -np "$SLOTS" -c $((SLOTS * 512)) --no-ui \
     --alias tiny >"$TMP/engine.log" 2>&1 &
   ENGINE_PID=$!
   for _ in $(seq 300); do

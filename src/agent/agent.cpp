@@ -201,6 +201,7 @@ struct WorkloadSync {
   Executor& execs;     // exec commands run inside instances
   HealthMonitor& health;
   std::string run_as;
+  int nice;                                  // nice levels below the agent (SandboxSpec::nice)
   NodeFiles files;                           // the engine and models, for {engine:..}/{model:..}
   std::map<std::string, json> reported;      // assignment id -> what was last reported
   std::map<std::string, int64_t> log_sent;   // assignment id -> log bytes the server has
@@ -258,6 +259,7 @@ struct WorkloadSync {
         spec.gpus = a["gpus"].get<std::vector<int>>();
         spec.memory_bytes = a.value("memory_bytes", int64_t(0));
         spec.run_as = run_as;
+        spec.nice = nice;
         spec.restart_always = a.value("restart_policy", "never") == "always";
         std::string err;
         if (!executor.start(spec, &err)) {
@@ -431,6 +433,7 @@ struct WorkloadSync {
         spec.gpus = as["gpus"].get<std::vector<int>>();
         spec.memory_bytes = as.value("memory_bytes", int64_t(0));
         spec.run_as = run_as;
+        spec.nice = nice;
         spec.cwd = executor.dir(asg) + "/work";
         spec.cgroup = asg;
         spec.timeout_ms = e.value("timeout_seconds", int64_t(60)) * 1000;
@@ -614,6 +617,12 @@ int agent_command(int argc, char** argv) {
   cli.add_option("--address", address, "the address other nodes reach this one at (default: the node name)");
   cli.add_option("--run-as", run_as, "run workloads as this user (default when root: nobody; \"\" = the agent's user)")
       ->capture_default_str();
+  int workload_nice = 10;
+  cli.add_option("--workload-nice", workload_nice,
+                 "run workloads this many nice levels below the agent (0-19; 0 = the same CPU priority), so that "
+                 "the agent, and a server on the same machine, are not kept waiting by them for the CPU")
+      ->check(CLI::Range(0, 19))
+      ->capture_default_str();
   std::string engine_dir_flag;
   cli.add_option("--engine-dir", engine_dir_flag, "the llama.cpp engine build to run model replicas with (default: make engine's)");
   cli.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
@@ -706,7 +715,7 @@ int agent_command(int argc, char** argv) {
     Executor execs((fs::path(work_dir) / "execs").string(), self_exe());
     HealthMonitor health;
     NodeFiles files{server, cred->node_key, work_dir, engine_dir_flag};
-    WorkloadSync sync{client, auth, executor, execs, health, run_as, files, {}, {}, {}, {}, {}, 0, {}, {}};
+    WorkloadSync sync{client, auth, executor, execs, health, run_as, workload_nice, files, {}, {}, {}, {}, {}, 0, {}, {}};
     std::mt19937 rng(std::random_device{}());
     // Any way out of here stops the poller (it then neither publishes nor retries).
     struct StopPoller {

@@ -63,7 +63,8 @@ void close_from_3() {
 json spec_to_json(const SandboxSpec& s) {
   return {{"id", s.id}, {"dir", s.dir}, {"argv", s.argv}, {"env", s.env}, {"gpus", s.gpus},
           {"memory_bytes", s.memory_bytes}, {"cpus", s.cpus}, {"run_as", s.run_as}, {"log_cap_bytes", s.log_cap_bytes},
-          {"cwd", s.cwd}, {"cgroup", s.cgroup}, {"restart_always", s.restart_always}, {"timeout_ms", s.timeout_ms}};
+          {"cwd", s.cwd}, {"cgroup", s.cgroup}, {"restart_always", s.restart_always}, {"timeout_ms", s.timeout_ms},
+          {"nice", s.nice}};
 }
 
 SandboxSpec spec_from_json(const json& j) {
@@ -81,6 +82,7 @@ SandboxSpec spec_from_json(const json& j) {
   s.cgroup = j.value("cgroup", "");
   s.restart_always = j.value("restart_always", false);
   s.timeout_ms = j.value("timeout_ms", int64_t(0));
+  s.nice = j.value("nice", 0);
   return s;
 }
 

@@ -5,6 +5,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -34,6 +38,12 @@ fs::path cgroup_root(const std::string& controller) {
 
 }  // namespace
 
+int64_t cgroup_cpu_weight(int nice, bool v1) {
+  // The kernel's weights fall by a factor of ~1.25 per nice level (sched_prio_to_weight).
+  const double w = 1024.0 / std::pow(1.25, nice);
+  return std::max<int64_t>(v1 ? 2 : 1, std::llround(v1 ? w : w * 100.0 / 1024.0));
+}
+
 std::string sandbox_limit_mode() {
   if (cgroup_v2()) return cgroup_root("").empty() ? "rlimit" : "cgroup-v2";
   return cgroup_root("memory").empty() ? "rlimit" : "cgroup-v1";
@@ -48,6 +58,9 @@ std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
     fs::path root = cgroup_root("");
     if (root.empty()) return out;
     write_file(root / "cgroup.subtree_control", "+memory +cpu");
+    // Within its own cgroup a process's nice weighs only against its siblings: against the
+    // platform's processes it is the shared cgroup's weight that counts.
+    if (spec.nice > 0) write_file(root / "cpu.weight", std::to_string(cgroup_cpu_weight(spec.nice, false)));
     fs::path g = root / name;
     fs::create_directories(g, ec);
     if (ec) return out;
@@ -66,6 +79,7 @@ std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
   }
   if (spec.cpus > 0) {
     fs::path root = cgroup_root("cpu");
+    if (!root.empty() && spec.nice > 0) write_file(root / "cpu.shares", std::to_string(cgroup_cpu_weight(spec.nice, true)));
     if (!root.empty()) {
       fs::path g = root / name;
       fs::create_directories(g, ec);
@@ -87,6 +101,10 @@ std::string sandbox_enter(const SandboxSpec& spec, const std::vector<std::string
     // Without cgroups: cap the data segment (RLIMIT_AS would also count reserved GPU mappings).
     rlimit rl{rlim_t(spec.memory_bytes), rlim_t(spec.memory_bytes)};
     setrlimit(RLIMIT_DATA, &rl);
+  }
+  if (spec.nice > 0) {
+    errno = 0;
+    if (::nice(spec.nice) == -1 && errno != 0) return std::string("cannot lower its CPU priority: ") + std::strerror(errno);
   }
   if (!spec.run_as.empty() && geteuid() == 0) {
     passwd* pw = getpwnam(spec.run_as.c_str());
