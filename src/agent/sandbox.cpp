@@ -59,8 +59,9 @@ std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
     if (root.empty()) return out;
     write_file(root / "cgroup.subtree_control", "+memory +cpu");
     // Within its own cgroup a process's nice weighs only against its siblings: against the
-    // platform's processes it is the shared cgroup's weight that counts.
-    if (spec.nice > 0) write_file(root / "cpu.weight", std::to_string(cgroup_cpu_weight(spec.nice, false)));
+    // platform's processes it is the shared cgroup's weight that counts. (Written at 0 too: an
+    // agent started again with --workload-nice 0 gives the cgroup its default weight back.)
+    write_file(root / "cpu.weight", std::to_string(cgroup_cpu_weight(spec.nice, false)));
     fs::path g = root / name;
     fs::create_directories(g, ec);
     if (ec) return out;
@@ -79,7 +80,7 @@ std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
   }
   if (spec.cpus > 0) {
     fs::path root = cgroup_root("cpu");
-    if (!root.empty() && spec.nice > 0) write_file(root / "cpu.shares", std::to_string(cgroup_cpu_weight(spec.nice, true)));
+    if (!root.empty()) write_file(root / "cpu.shares", std::to_string(cgroup_cpu_weight(spec.nice, true)));
     if (!root.empty()) {
       fs::path g = root / name;
       fs::create_directories(g, ec);

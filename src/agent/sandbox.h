@@ -34,7 +34,8 @@ struct SandboxSpec {
 };
 
 // The CPU weight a cgroup gets for a nice level: the kernel's weight for that level scaled to
-// cgroup v2's cpu.weight (100 at nice 0), or to v1's cpu.shares (1024) when `v1`. At least 1.
+// cgroup v2's cpu.weight (100 at nice 0), or to v1's cpu.shares (1024) when `v1`; never under
+// the least each takes (1, and 2).
 int64_t cgroup_cpu_weight(int nice, bool v1);
 
 // How limits were applied, for the workload's status ("cgroup-v2", "cgroup-v1", "rlimit").
