@@ -356,12 +356,6 @@ std::string RateLimiter::format_duration(int64_t ms) {
   return w.str();
 }
 
-std::string RateLimiter::header_lines(const Report& r) {
-  std::string out;
-  append_header_lines(out, r);
-  return out;
-}
-
 void RateLimiter::append_header_lines(std::string& out, const Report& r) {
   LineWriter w;
   // The limit, what remains and when it is whole again, of one kind ("requests" or "tokens").

@@ -118,9 +118,8 @@ class RateLimiter {
   // "1s", "6m0s", "120ms": the duration format of OpenAI's x-ratelimit-reset-* headers.
   static std::string format_duration(int64_t ms);
   // The x-ratelimit-* headers of a report, as header lines ("Name: value\r\n" each: what
-  // http::Response::fields holds).
-  static std::string header_lines(const Report& r);
-  // The same lines, appended to out (an answer's field lines, which the request id joins).
+  // http::Response::fields holds), appended to out (an answer's field lines, which the request
+  // id joins).
   static void append_header_lines(std::string& out, const Report& r);
 
  private:
