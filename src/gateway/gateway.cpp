@@ -283,6 +283,9 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
     std::string_view s = d;
     if (!sse_buf.empty()) s = sse_buf.append(d);
     const size_t before = to_client.size();
+    // Room for what this read brings and the held [DONE] after it: a short stream's events and
+    // its end then go out from one allocation.
+    to_client.reserve(before + s.size() + 16);
     // The usage prefilter runs once over what the read brought, not once per event: the next
     // "usage" key's position, moved on past each event that holds it.
     constexpr std::string_view kUsageKey = "\"usage\"";
@@ -494,7 +497,8 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
     // slightly high, and settled by the real usage when the request ends.
     int64_t prompt = int64_t(q.input == T::kString ? q.input_size : c.req.body().size()) / 4 + 1;
     auto d = limiter_->acquire(who.project_id, who.actor_id, model, max_out + prompt);
-    rl_fields.reserve(320);  // the six lines and the request id's, in one allocation
+    // The six lines and the request id's, in one allocation.
+    rl_fields.reserve(RateLimiter::kHeaderLinesRoom + 16 + c.request_id.size());
     RateLimiter::append_header_lines(rl_fields, d.report);
     if (!d.allowed) {
       bool req = d.exceeded == "requests";

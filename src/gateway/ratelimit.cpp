@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "util/log.h"
+#include "util/text_writer.h"
 #include "util/thread_name.h"
 
 namespace aicloud::gateway {
@@ -300,83 +301,51 @@ void RateLimiter::settle(const Reservation& r, const std::string& project_id, co
 
 namespace {
 
-// Header text written into a fixed buffer: the six x-ratelimit-* lines of every answer were
-// ~2,800 instructions built by std::string appends (a capacity check and a strlen per piece).
-// The longest lines (64-bit values, the longest duration) fit in it.
-class LineWriter {
- public:
-  void put(std::string_view s) {
-    std::memcpy(p_, s.data(), s.size());
-    p_ += s.size();
+// "1s", "6m0s", "120ms": OpenAI's duration format (format_duration); at most kMaxDuration bytes.
+void put_duration(TextWriter& w, int64_t ms) {
+  if (ms < 0) ms = 0;
+  if (ms < 1000) {
+    w.num(ms).put("ms");
+    return;
   }
-  void put(char c) { *p_++ = c; }
-  void num(int64_t v) { p_ = std::to_chars(p_, end_, v).ptr; }
-  std::string_view view() const { return std::string_view(buf_, size_t(p_ - buf_)); }
-  std::string str() const { return std::string(view()); }
-
-  // "1s", "6m0s", "120ms": OpenAI's duration format (format_duration).
-  void duration(int64_t ms) {
-    if (ms < 0) ms = 0;
-    if (ms < 1000) {
-      num(ms);
-      put("ms");
-      return;
-    }
-    int64_t s = ms / 1000, frac = ms % 1000;
-    int64_t h = s / 3600, m = (s % 3600) / 60, sec = s % 60;
-    if (h) {
-      num(h);
-      put('h');
-    }
-    if (h || m) {
-      num(m);
-      put('m');
-    }
-    num(sec);
-    if (frac) {  // milliseconds as a decimal fraction, without trailing zeros: 1.5s, 1.05s
-      char f[3] = {char('0' + frac / 100), char('0' + frac / 10 % 10), char('0' + frac % 10)};
-      size_t n = f[2] != '0' ? 3 : f[1] != '0' ? 2 : 1;
-      put('.');
-      put(std::string_view(f, n));
-    }
-    put('s');
+  int64_t s = ms / 1000, frac = ms % 1000;
+  int64_t h = s / 3600, m = (s % 3600) / 60, sec = s % 60;
+  if (h) w.num(h).put('h');
+  if (h || m) w.num(m).put('m');
+  w.num(sec);
+  if (frac) {  // milliseconds as a decimal fraction, without trailing zeros: 1.5s, 1.05s
+    char f[3] = {char('0' + frac / 100), char('0' + frac / 10 % 10), char('0' + frac % 10)};
+    size_t n = f[2] != '0' ? 3 : f[1] != '0' ? 2 : 1;
+    w.put('.').put(std::string_view(f, n));
   }
-
- private:
-  char buf_[512];  // six lines of at most ~60 bytes
-  char* p_ = buf_;
-  char* const end_ = buf_ + sizeof buf_;
-};
+  w.put('s');
+}
+constexpr size_t kMaxDuration = TextWriter::kMaxNumber + 12;  // hours, then "h59m59.999s"
 
 }  // namespace
 
 std::string RateLimiter::format_duration(int64_t ms) {
-  LineWriter w;
-  w.duration(ms);
-  return w.str();
+  std::string out;
+  append_within(out, kMaxDuration, [ms](TextWriter& w) { put_duration(w, ms); });
+  return out;
 }
 
+// The six x-ratelimit-* lines of every answer, each at most ~40 bytes of text, a number or a
+// duration.
 void RateLimiter::append_header_lines(std::string& out, const Report& r) {
-  LineWriter w;
-  // The limit, what remains and when it is whole again, of one kind ("requests" or "tokens").
-  auto kind = [&w](std::string_view what, int64_t limit, int64_t remaining, int64_t reset_ms) {
-    w.put("x-ratelimit-limit-");
-    w.put(what);
-    w.put(": ");
-    w.num(limit);
-    w.put("\r\nx-ratelimit-remaining-");
-    w.put(what);
-    w.put(": ");
-    w.num(remaining);
-    w.put("\r\nx-ratelimit-reset-");
-    w.put(what);
-    w.put(": ");
-    w.duration(reset_ms);
-    w.put("\r\n");
-  };
-  kind("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
-  kind("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
-  out += w.view();
+  static_assert(kHeaderLinesRoom == 6 * (40 + kMaxDuration));
+  append_within(out, kHeaderLinesRoom, [&r](TextWriter& w) {
+    // The limit, what remains and when it is whole again, of one kind ("requests" or "tokens").
+    auto kind = [&w](std::string_view what, int64_t limit, int64_t remaining, int64_t reset_ms) {
+      w.put("x-ratelimit-limit-").put(what).put(": ").num(limit);
+      w.put("\r\nx-ratelimit-remaining-").put(what).put(": ").num(remaining);
+      w.put("\r\nx-ratelimit-reset-").put(what).put(": ");
+      put_duration(w, reset_ms);
+      w.put("\r\n");
+    };
+    kind("requests", r.limit_requests, r.remaining_requests, r.reset_requests_ms);
+    kind("tokens", r.limit_tokens, r.remaining_tokens, r.reset_tokens_ms);
+  });
 }
 
 }  // namespace aicloud::gateway

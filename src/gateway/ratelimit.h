@@ -120,7 +120,10 @@ class RateLimiter {
   // The x-ratelimit-* headers of a report, as header lines ("Name: value\r\n" each: what
   // http::Response::fields holds), appended to out (an answer's field lines, which the request
   // id joins).
+  // It needs kHeaderLinesRoom bytes of capacity beyond out's size (six lines at their longest)
+  // not to reallocate.
   static void append_header_lines(std::string& out, const Report& r);
+  static constexpr size_t kHeaderLinesRoom = 432;
 
  private:
   void refill(Bucket& b, int64_t capacity, int64_t now) const;

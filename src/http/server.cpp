@@ -22,6 +22,7 @@
 #include "http/write_now.h"
 #include "http/stream.h"
 #include "util/log.h"
+#include "util/text_writer.h"
 #include "util/thread_name.h"
 
 namespace aicloud::http {
@@ -136,37 +137,40 @@ static void response_head(std::string& h, unsigned version, const Response& r, b
   const auto& fields = r.headers;
   std::string_view content_type = r.content_type;
   if (content_type.empty()) content_type = "application/json";  // (http::Response's default)
+  std::string_view reason = bhttp::obsolete_reason(bhttp::int_to_status(status));
+  // Room for every piece at its longest: ~100 bytes of fixed text and two numbers, the reason,
+  // the fields (one of which may become the content type) and the content type.
+  size_t most = 128 + reason.size() + r.fields.size() + content_type.size() + 2 * TextWriter::kMaxNumber;
+  for (const auto& [name, value] : fields) most += name.size() + value.size() + 4;
   h.clear();
-  h.reserve(256);
-  h += version == 10 ? "HTTP/1.0 "sv : "HTTP/1.1 "sv;
-  h += std::to_string(status);
-  h += ' ';
-  h += bhttp::obsolete_reason(bhttp::int_to_status(status));
-  h += "\r\nServer: aicloud\r\n"sv;
-  for (size_t i = 0; i < fields.size(); ++i) {
-    const auto& [name, value] = fields[i];
-    if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "server")) {
-      continue;
+  append_within(h, most, [&](TextWriter& w) {
+    w.put(version == 10 ? "HTTP/1.0 "sv : "HTTP/1.1 "sv).num(status).put(' ').put(reason);
+    w.put("\r\nServer: aicloud\r\n"sv);
+    for (size_t i = 0; i < fields.size(); ++i) {
+      const auto& [name, value] = fields[i];
+      if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "server")) {
+        continue;
+      }
+      bool replaced = false;
+      for (size_t j = i + 1; j < fields.size() && !replaced; ++j) replaced = same_field(fields[j].first, name);
+      if (replaced) continue;
+      if (same_field(name, "content-type")) {
+        content_type = value;
+        continue;
+      }
+      w.put(name).put(": "sv).put(value).put("\r\n"sv);
     }
-    bool replaced = false;
-    for (size_t j = i + 1; j < fields.size() && !replaced; ++j) replaced = same_field(fields[j].first, name);
-    if (replaced) continue;
-    if (same_field(name, "content-type")) {
-      content_type = value;
-      continue;
+    w.put(r.fields);
+    if (!content_type.empty() && field_value_ok(content_type)) w.put("Content-Type: "sv).put(content_type).put("\r\n"sv);
+    if (framing == Framing::kChunked) {
+      w.put("Transfer-Encoding: chunked\r\n"sv);
+    } else if (!bodiless(status)) {
+      w.put("Content-Length: "sv).num(content_length).put("\r\n"sv);
     }
-    h.append(name).append(": "sv).append(value).append("\r\n"sv);
-  }
-  h += r.fields;
-  if (!content_type.empty() && field_value_ok(content_type)) h.append("Content-Type: "sv).append(content_type).append("\r\n"sv);
-  if (framing == Framing::kChunked) {
-    h += "Transfer-Encoding: chunked\r\n"sv;
-  } else if (!bodiless(status)) {
-    h.append("Content-Length: "sv).append(std::to_string(content_length)).append("\r\n"sv);
-  }
-  if (version == 10 && !close) h += "Connection: keep-alive\r\n"sv;
-  if (version != 10 && close) h += "Connection: close\r\n"sv;
-  h += "\r\n"sv;
+    if (version == 10 && !close) w.put("Connection: keep-alive\r\n"sv);
+    if (version != 10 && close) w.put("Connection: close\r\n"sv);
+    w.put("\r\n"sv);
+  });
 }
 
 class Session : public std::enable_shared_from_this<Session> {

@@ -17,6 +17,7 @@
 #include "http/io_types.h"
 #include "http/ready_read.h"
 #include "http/write_now.h"
+#include "util/text_writer.h"
 
 namespace aicloud::http {
 
@@ -166,19 +167,22 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
   // The request line and fields: the caller's, then Host and Content-Length (HTTP/1.1 keeps the
   // connection alive by default). The framing fields are the pool's own.
   static std::string request_head(const UpstreamRequest& req, std::string_view host, uint16_t port, size_t body_size) {
+    // Room for every piece at its longest: ~50 bytes of fixed text and two numbers.
+    size_t most = 64 + 2 * TextWriter::kMaxNumber + req.method.size() + req.target.size() + req.fields.size() + host.size();
+    for (const auto& [name, value] : req.headers) most += name.size() + value.size() + 4;
     std::string h;
-    h.reserve(128 + req.target.size() + req.fields.size());
-    h.append(req.method).append(" "sv).append(req.target).append(" HTTP/1.1\r\n"sv);
-    for (const auto& [name, value] : req.headers) {
-      if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "host")) {
-        continue;
+    append_within(h, most, [&](TextWriter& w) {
+      w.put(req.method).put(' ').put(req.target).put(" HTTP/1.1\r\n"sv);
+      for (const auto& [name, value] : req.headers) {
+        if (!field_name_ok(name) || !field_value_ok(value) || framing_field(name) || same_field(name, "host")) {
+          continue;
+        }
+        w.put(name).put(": "sv).put(value).put("\r\n"sv);
       }
-      h.append(name).append(": "sv).append(value).append("\r\n"sv);
-    }
-    h += req.fields;
-    char num[24];
-    h.append("Host: "sv).append(host).append(":"sv).append(num, std::to_chars(num, num + sizeof num, port).ptr);
-    h.append("\r\nContent-Length: "sv).append(num, std::to_chars(num, num + sizeof num, body_size).ptr).append("\r\n\r\n"sv);
+      w.put(req.fields);
+      w.put("Host: "sv).put(host).put(':').num(port);
+      w.put("\r\nContent-Length: "sv).num(body_size).put("\r\n\r\n"sv);
+    });
     return h;
   }
 
