@@ -14,6 +14,7 @@
 #include "http/router.h"
 #include "util/error.h"
 #include "util/json_util.h"
+#include "util/text_writer.h"
 
 using namespace aicloud;
 using aicloud::http::Router;
@@ -729,4 +730,21 @@ TEST(Json, TopLevelMembersAgreeWithTheParserOnGeneratedDocuments) {
       return true;
     });
   }
+}
+
+// The writer behind every relayed head: pieces and numbers at the end of what the string holds,
+// and the string left exactly as long as what was written, whatever room was asked for.
+TEST(TextWriter, AppendsExactlyWhatItWrites) {
+  std::string s = "HTTP/1.1 ";
+  append_within(s, 64, [](TextWriter& w) { w.num(200u).put(' ').put("OK").put("\r\n"); });
+  EXPECT_EQ(s, "HTTP/1.1 200 OK\r\n");
+  append_within(s, 2 * TextWriter::kMaxNumber + 1, [](TextWriter& w) {
+    w.num(INT64_MIN).put(',').num(UINT64_MAX);  // the longest numbers fill the room they are given
+  });
+  EXPECT_EQ(s, "HTTP/1.1 200 OK\r\n-9223372036854775808,18446744073709551615");
+  append_within(s, 16, [](TextWriter&) {});  // nothing written: nothing added
+  EXPECT_EQ(s.size(), 58u);
+  std::string empty;
+  append_within(empty, 4, [](TextWriter& w) { w.num(0).put('\0').num(-1); });  // (bytes as they are)
+  EXPECT_EQ(empty, std::string("0\0-1", 4));
 }

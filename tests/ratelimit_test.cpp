@@ -108,8 +108,6 @@ TEST(RateLimitFormat, ResetDurationsLookLikeOpenAis) {
   EXPECT_EQ(RateLimiter::format_duration(INT64_MAX), "2562047788015h12m55.807s");  // the longest
 }
 
-// Every answer's x-ratelimit-* lines, as http::Response::fields holds them; the largest values
-// fit the writer's buffer.
 // settle() finds the buckets acquire() took from through the reservation; once a sweep of idle
 // buckets has run in between (more than 100,000 buckets), by name. Either way the difference
 // between what was reserved and what was used goes back to the project's bucket, and a bucket
@@ -152,6 +150,8 @@ TEST(RateLimitBuckets, SettleGivesBackTheDifferenceBeforeAndAfterASweep) {
   expect_left("proj_b", cap - 5'000'010, t0);
 }
 
+// Every answer's x-ratelimit-* lines, as http::Response::fields holds them; the largest values
+// fit the room the gateway reserves for them.
 TEST(RateLimitFormat, HeaderLinesCarryBothKindsInOpenAisOrder) {
   using gateway::RateLimiter;
   auto header_lines = [](const RateLimiter::Report& r) {
@@ -168,6 +168,14 @@ TEST(RateLimitFormat, HeaderLinesCarryBothKindsInOpenAisOrder) {
   std::string lines = header_lines(big);
   EXPECT_EQ(lines.size(), 182u + 4 * 20 + 2 * 24);  // the names and line ends, four INT64_MINs, two durations
   EXPECT_TRUE(lines.ends_with("x-ratelimit-reset-tokens: 2562047788015h12m55.807s\r\n"));
+  EXPECT_LE(lines.size(), RateLimiter::kHeaderLinesRoom);
+  // Appended after other lines into the room reserved for them: written in place.
+  std::string fields = "x-a: b\r\n";
+  fields.reserve(fields.size() + RateLimiter::kHeaderLinesRoom);
+  const char* before = fields.data();
+  RateLimiter::append_header_lines(fields, big);
+  EXPECT_EQ(fields.data(), before);
+  EXPECT_EQ(fields, "x-a: b\r\n" + lines);
 }
 
 TEST_F(RateLimit, DefaultsAreListedInOpenAisShape) {
