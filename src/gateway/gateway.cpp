@@ -8,13 +8,13 @@
 
 #include "gateway/endpoints.h"
 #include "gateway/request_scan.h"
+#include "gateway/sse_relay.h"
 #include "gateway/usage_scan.h"
 #include "http/fields.h"
 #include "http/server.h"
 #include "http/stream.h"
 #include "models/registry.h"
 #include "util/error.h"
-#include "util/find.h"
 #include "util/json_util.h"
 #include "util/log.h"
 #include "util/time.h"
@@ -63,7 +63,7 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
   // (The request's model, organization and id are rec's: rec.model, rec.org_id, rec.request_id.)
   const char* path = nullptr;  // upstream (a literal: the route's)
   std::string body;  // sent upstream
-  bool stream = false, client_wants_usage = false;
+  bool stream = false;
   int64_t t0_ms = now_ms();
   UsageRecord rec;
   std::string rl_fields;  // the x-ratelimit-* and x-request-id header lines, on every answer
@@ -83,9 +83,10 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
   unsigned status = 0;
   std::string content_type;
   std::vector<std::pair<std::string, std::string>> headers;
-  std::string whole;    // non-streamed body (or an error body)
-  std::string sse_buf;  // a streamed body's incomplete event
-  std::string held;     // "data: [DONE]", held back until the usage record is durable
+  std::string whole;  // non-streamed body (or an error body)
+  // A streamed body's events: [DONE] held back until the usage record is durable, the usage
+  // read, the chunk asked for on the client's behalf dropped (set by handle()).
+  SseRelay sse{false};
   bool head_sent = false;  // the answer is a stream (a 200 with its events forwarded)
   // What one upstream read brought is handed to the client once that read is through (the
   // pool's on_read_end), so the head and the events of a read go out in one write. When the same
@@ -274,62 +275,21 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
       whole.append(d);
       return;
     }
-    // Forward whole SSE events; read usage from them; hold [DONE] back. The events are read
-    // where they lie, in the upstream's read buffer: a read normally brings whole events, so only
-    // those forwarded are copied (into to_client, in runs), and an incomplete tail is kept in
-    // sse_buf for the next read. (Copying each read into sse_buf, erasing each event from its
-    // front and searching every event's text for "usage" one quote at a time was a fifth of a
-    // short stream's instructions.)
-    std::string_view s = d;
-    if (!sse_buf.empty()) s = sse_buf.append(d);
-    const size_t before = to_client.size();
     // Room for what this read brings and the held [DONE] after it: a short stream's events and
     // its end then go out from one allocation.
-    to_client.reserve(before + s.size() + 16);
-    // The usage prefilter runs once over what the read brought, not once per event: the next
-    // "usage" key's position, moved on past each event that holds it.
-    constexpr std::string_view kUsageKey = "\"usage\"";
-    size_t usage_at = find(s, kUsageKey);
-    size_t at = 0, run = 0;  // events [run, at) are kept, not yet appended to to_client
-    for (size_t pos; (pos = s.find("\n\n", at)) != std::string_view::npos; at = pos + 2) {
-      std::string_view ev = s.substr(at, pos + 2 - at);
-      const bool has_usage = usage_at < pos;  // (usage_at >= at: earlier events moved it on)
-      if (has_usage) usage_at = find(s, kUsageKey, pos + 2);
-      bool keep = true;
-      if (ev.starts_with("data: ")) {
-        std::string_view payload = ev.substr(6, ev.size() - 8);
-        if (payload == "[DONE]") {
-          held.append(ev);
-          keep = false;
-        } else if (has_usage) {
-          UsageSeen u;
-          if (scan_usage(payload, u) && u.usage) {
-            take_usage(u, rec);
-            // The usage-only chunk we asked for on the client's behalf is not theirs to see.
-            if (!client_wants_usage && u.choices_empty) keep = false;
-          }
-        }
-      }
-      if (!keep) {
-        to_client.append(s.substr(run, at - run));
-        run = pos + 2;
-      }
-    }
-    to_client.append(s.substr(run, at - run));
-    if (s.data() == sse_buf.data()) {
-      sse_buf.erase(0, at);
-    } else {
-      sse_buf.assign(s.substr(at));
-    }
+    const size_t before = to_client.size();
+    to_client.reserve(before + sse.pending() + d.size() + 16);
+    sse.put(d, to_client);
+    if (const auto& u = sse.usage()) take_usage(*u, rec);
     if (to_client.size() > before) flush_due = true;
-    if (sse_buf.size() > kMaxEvent) refuse("an event larger than 8 MiB");
+    if (sse.pending() > kMaxEvent) refuse("an event larger than 8 MiB");
   }
 
   // Ends the upstream call; on_done reports `why` as the replica's failure.
   void refuse(std::string why) {
     too_large = std::move(why);
     whole = {};
-    sse_buf = {};
+    sse.drop_pending();
     std::shared_ptr<http::UpstreamCall> c;
     {
       std::lock_guard lk(mu);
@@ -366,7 +326,7 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
       if (head_sent) {
         json e = {{"error", {{"message", "The model replica failed while streaming: " + err}, {"type", "server_error"},
                              {"param", nullptr}, {"code", "upstream_error"}}}};
-        held.clear();
+        sse.held().clear();
         return finish_record(502, [self = shared_from_this(), ev = "data: " + dump_json(e) + "\n\n"]() mutable {
           self->emit(std::move(ev), true);
         });
@@ -374,7 +334,7 @@ struct Gateway::Exchange : http::UpstreamHandler, std::enable_shared_from_this<E
       return fail(ApiError(502, "server_error", "The model replica failed while answering: " + err, "upstream_error"));
     }
     if (head_sent) {
-      return finish_record(200, [self = shared_from_this()] { self->emit(std::move(self->held), true); });
+      return finish_record(200, [self = shared_from_this()] { self->emit(std::move(self->sse.held()), true); });
     }
     // A whole (non-streamed, or error) response.
     if (UsageSeen u; status == 200 && is_json_type(content_type) && scan_answer_usage(whole, u)) take_usage(u, rec);
@@ -527,8 +487,8 @@ http::Response Gateway::handle(Context& c, const char* endpoint, const char* pat
   ex->path = path;
   ex->stream = stream;
   if (stream) {
-    ex->client_wants_usage = q.include_usage;
-    if (ex->client_wants_usage) {
+    ex->sse = SseRelay(q.include_usage);
+    if (q.include_usage) {
       ex->body = std::move(c.req.body());  // it asks for usage already: forwarded unchanged
     } else if (q.stream_options == T::kAbsent) {
       // The gateway meters every stream: the engine is asked for usage by a member put first in
