@@ -2,10 +2,8 @@
 
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 
 #include "util/log.h"
 #include "util/text_writer.h"
