@@ -80,8 +80,8 @@ std::vector<std::string> sandbox_cgroups(const SandboxSpec& spec) {
   }
   if (spec.cpus > 0) {
     fs::path root = cgroup_root("cpu");
-    if (!root.empty()) write_file(root / "cpu.shares", std::to_string(cgroup_cpu_weight(spec.nice, true)));
     if (!root.empty()) {
+      write_file(root / "cpu.shares", std::to_string(cgroup_cpu_weight(spec.nice, true)));  // (as cpu.weight above)
       fs::path g = root / name;
       fs::create_directories(g, ec);
       if (!ec && write_file(g / "cpu.cfs_period_us", "100000") &&

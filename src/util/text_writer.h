@@ -2,6 +2,7 @@
 // gateway relays. A std::string append checks the capacity (and a literal's length) for every
 // piece; these were a tenth of a relayed request's instructions.
 #pragma once
+#include <cassert>
 #include <charconv>
 #include <concepts>
 #include <cstring>
@@ -45,6 +46,7 @@ void append_within(std::string& s, size_t most, F&& write) {
   s.resize(from + most);
   TextWriter w(s.data() + from);
   write(w);
+  assert(w.at() <= s.data() + from + most);  // (a sanitizer build reports the overrun itself first)
   s.resize(size_t(w.at() - s.data()));
 }
 
