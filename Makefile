@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: setup configure build test test-asan up fuzz bench bench-gateway clean engine
+.PHONY: setup configure build test test-asan up fuzz bench bench-gateway clean engine release
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,11 @@ test: build engine
 # into ~/.cache/aicloud/engine, outside the tree; a no-op after that. docs/ENGINE.md.
 engine:
 	@bash scripts/engine.sh --jobs $(JOBS)
+
+# The release build: profile-guided, trained on the gateway and API benchmarks, into
+# build-release/aicloud (scripts/release.sh; about twice make build's time).
+release: setup
+	@bash scripts/release.sh --jobs $(JOBS)
 
 # The same suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: setup
@@ -54,4 +59,4 @@ fuzz: build
 	bash fuzz/run.sh $(BUILD)/fuzz/http_request_fuzzer $(FUZZ_SECONDS) fuzz/corpus-run
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-release
