@@ -23,7 +23,7 @@ die() { echo "release: error: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case $1 in
-    --build-dir) [ $# -ge 2 ] || die "--build-dir needs a directory"; BUILD=$(realpath -m "$2"); shift 2 ;;
+    --build-dir) [ -n "${2:-}" ] || die "--build-dir needs a directory"; BUILD=$(realpath -m "$2"); shift 2 ;;
     --jobs) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--jobs needs a positive number, not '${2:-}'"; JOBS=$2; shift 2 ;;
     -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;

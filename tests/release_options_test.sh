@@ -18,6 +18,7 @@ expect_refusal() {
 
 expect_refusal "release.sh --jobs 0" "--jobs needs a positive number, not '0'" \
   bash "$ROOT/scripts/release.sh" --jobs 0 --build-dir "$TMP/release"
+expect_refusal "release.sh --build-dir ''" "--build-dir needs a directory" bash "$ROOT/scripts/release.sh" --build-dir ""
 expect_refusal "release.sh --fast" "unknown argument '--fast'" bash "$ROOT/scripts/release.sh" --fast
 [ ! -e "$TMP/release" ] || fail "a refused release.sh made its build directory"
 expect_refusal "AICLOUD_PGO=sometimes" "AICLOUD_PGO is 'sometimes': it is empty (off), generate or use" \
