@@ -194,12 +194,7 @@ class Call : public UpstreamCall, public std::enable_shared_from_this<Call> {
     } else {
       conn_ = std::make_shared<Conn>(ex_);
     }
-    // Posted, not dispatched, even on the pool's own thread: the request goes out after the
-    // handlers the io thread already has queued for this turn. Requests read from several
-    // clients in one turn then reach the upstream back to back, and it wakes once for them
-    // rather than once each (at saturation the upstream's epoll_wait calls per request fell
-    // 0.68 -> 0.57 and its CPU per request by ~2 us; docs/PERFORMANCE.md §5, eighteenth round).
-    asio::post(ex_, [self = shared_from_this()] {
+    asio::dispatch(ex_, [self = shared_from_this()] {
       if (self->reused_) return self->write();
       self->connect();
     });
