@@ -84,3 +84,30 @@ cpu_ticks() {
 
 # median_stdin: the median of the numbers on stdin, one per line.
 median_stdin() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# hold_gateway_bench CASES LOG: bench/gateway/run.sh set up and held (HOLD=1) in a process group
+# of its own, for the scripts that drive its processes by hand (syscalls.sh, ab_held.sh). Sets
+# HOLDER (end it with `kill -- -$HOLDER`), HELD_SERVER_PID, HELD_URL (the server's base URL),
+# HELD_DIR (its scratch dir: whole.json,
+# stream.json, data/), HELD_KEY (a project key), NGINX_PID and PROXY_PID (the canned upstream's
+# and nginx as a proxy's masters) and the ports P_WHOLE, P_PROXY, P_STREAM and P_PROXY_STREAM.
+# Passes AICLOUD_BIN, LOADGEN and SYNC through.
+hold_gateway_bench() {
+  local root line
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  setsid env HOLD=1 CASES="$1" "$root/bench/gateway/run.sh" >"$2" 2>&1 &
+  HOLDER=$!
+  for _ in $(seq 90); do grep -q "server pid" "$2" && break; kill -0 "$HOLDER" 2>/dev/null || break; sleep 1; done
+  line=$(grep "server pid" "$2") || { cat "$2" >&2; die "the gateway benchmark did not come up"; }
+  HELD_SERVER_PID=$(sed -n 's/.*server pid \([0-9]*\);.*/\1/p' <<<"$line")
+  HELD_URL=$(grep -o 'http://127.0.0.1:[0-9]*/v1/chat/completions' "$2" | head -n1)
+  HELD_URL=${HELD_URL%/v1/chat/completions}
+  HELD_DIR=$(grep -o '/tmp/aicloud-gwbench-[A-Za-z0-9]*' "$2" | head -n1)
+  HELD_KEY=$(grep -o 'sk-proj-[A-Za-z0-9]*' "$2" | head -n1)
+  P_WHOLE=$(sed -n 's/.*nginx direct :\([0-9]*\),.*/\1/p' <<<"$line")
+  P_PROXY=$(sed -n 's/.*nginx direct :[0-9]*, proxy :\([0-9]*\),.*/\1/p' <<<"$line")
+  P_STREAM=$(sed -n 's/.*stream direct :\([0-9]*\),.*/\1/p' <<<"$line")
+  P_PROXY_STREAM=$(sed -n 's/.*stream direct :[0-9]*, proxy :\([0-9]*\).*/\1/p' <<<"$line")
+  NGINX_PID=$(sed -n 's/.*nginx pid \([0-9]*\),.*/\1/p' <<<"$line")
+  PROXY_PID=$(sed -n 's/.*proxy pid \([0-9]*\) .*/\1/p' <<<"$line")
+}

@@ -18,29 +18,18 @@ export SYNC=${SYNC:-normal}
 LOADGEN=${LOADGEN:-$(dirname "${AICLOUD_BIN:-$ROOT/build/aicloud}")/bench/gateway_loadgen}
 command -v perf >/dev/null || { echo "syscalls: perf not found (Debian package linux-perf)" >&2; exit 1; }
 
+# shellcheck source=../lib.sh
+source "$ROOT/bench/lib.sh"
 LOG=$(mktemp /tmp/aicloud-syscalls-XXXXXX)
-# run.sh holds everything up (HOLD=1) in its own process group, ended as a whole below.
-setsid env HOLD=1 CASES="$CASE" "$ROOT/bench/gateway/run.sh" >"$LOG" 2>&1 &
-HOLDER=$!
-trap 'kill -- -$HOLDER 2>/dev/null || true; rm -f "$LOG" "$LOG".*' EXIT
-for _ in $(seq 60); do grep -q "server pid" "$LOG" && break; sleep 1; done
-grep -q "server pid" "$LOG" || { cat "$LOG" >&2; exit 1; }
-
-line=$(grep "server pid" "$LOG")
-SERVER_PID=$(sed -n 's/.*server pid \([0-9]*\);.*/\1/p' <<<"$line")
-BODY=$(grep -o '/tmp/aicloud-gwbench-[A-Za-z0-9]*/whole.json' "$LOG")
-KEY=$(grep -o 'sk-proj-[A-Za-z0-9]*' "$LOG")
-GW_URL=$(grep -o 'http://127.0.0.1:[0-9]*/v1/chat/completions' "$LOG" | head -n1)
+HOLDER=""
+trap 'if [ -n "$HOLDER" ]; then kill -- -"$HOLDER" 2>/dev/null || true; fi; rm -f "$LOG" "$LOG".*' EXIT
+hold_gateway_bench "$CASE" "$LOG"
+SERVER_PID=$HELD_SERVER_PID KEY=$HELD_KEY GW_URL=$HELD_URL/v1/chat/completions BODY=$HELD_DIR/$CASE.json
 if [ "$CASE" = stream ]; then
-  BODY=${BODY%whole.json}stream.json
-  DIRECT=$(sed -n 's/.*stream direct :\([0-9]*\),.*/\1/p' <<<"$line")
-  PROXY=$(sed -n 's/.*stream direct :[0-9]*, proxy :\([0-9]*\).*/\1/p' <<<"$line")
+  DIRECT=$P_STREAM PROXY=$P_PROXY_STREAM
 else
-  DIRECT=$(sed -n 's/.*nginx direct :\([0-9]*\),.*/\1/p' <<<"$line")
-  PROXY=$(sed -n 's/.*nginx direct :[0-9]*, proxy :\([0-9]*\),.*/\1/p' <<<"$line")
+  DIRECT=$P_WHOLE PROXY=$P_PROXY
 fi
-NGINX_PID=$(sed -n 's/.*nginx pid \([0-9]*\),.*/\1/p' <<<"$line")
-PROXY_PID=$(sed -n 's/.*proxy pid \([0-9]*\) .*/\1/p' <<<"$line")
 WORKERS=$(pgrep -d, -P "$NGINX_PID")
 PROXY_WORKERS=$(pgrep -d, -P "$PROXY_PID")
 SHARED=$([ "$NGINX_PID" = "$PROXY_PID" ] && echo 1 || echo 0)
