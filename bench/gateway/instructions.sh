@@ -38,15 +38,11 @@ trap cleanup EXIT
 
 # measure BIN CASE: prints "BIN CASE requests Ir/request"
 measure() {
-  local bin=$1 case=$2 line pid dir key args port url code out n idle busy
-  setsid env HOLD=1 CASES="$case" SYNC=normal AICLOUD_BIN="$bin" LOADGEN="$LOADGEN" \
-    "$ROOT/bench/gateway/run.sh" >"$WORK/hold.log" 2>&1 &
-  HOLDER=$!
-  for _ in $(seq 90); do grep -q "server pid" "$WORK/hold.log" && break; sleep 1; done
-  line=$(grep "server pid" "$WORK/hold.log") || { cat "$WORK/hold.log" >&2; die "the cloud did not come up"; }
-  pid=$(sed -n 's/.*server pid \([0-9]*\);.*/\1/p' <<<"$line")
-  dir=$(grep -o '/tmp/aicloud-gwbench-[A-Za-z0-9]*' "$WORK/hold.log" | head -n1)
-  key=$(grep -o 'sk-proj-[A-Za-z0-9]*' "$WORK/hold.log" | head -n1)
+  local bin=$1 case=$2 pid dir key args port url code out n idle busy
+  AICLOUD_BIN=$bin SYNC=normal
+  export AICLOUD_BIN SYNC LOADGEN
+  hold_gateway_bench "$case" "$WORK/hold.log"
+  pid=$HELD_SERVER_PID dir=$HELD_DIR key=$HELD_KEY
   # The same server, on the same data, under callgrind.
   port=$(free_port)
   args=$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed "s/^[^ ]* //; s/127.0.0.1:0/127.0.0.1:$port/")
