@@ -27,6 +27,7 @@ export LOADGEN
 [ -x "$LOADGEN" ] || die "$LOADGEN not found: build it first (make build)"
 for v in "$@"; do
   read -ra words <<<"$v"
+  [ ${#words[@]} -gt 0 ] || die "an empty build: give a server binary, or a command line that ends in one"
   [ -x "${words[-1]}" ] || die "'${words[-1]}' is not an aicloud binary (build it: make build)"
 done
 PERF=$(command -v perf || true)
