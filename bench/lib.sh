@@ -86,12 +86,12 @@ cpu_ticks() {
 median_stdin() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 # hold_gateway_bench CASES LOG: bench/gateway/run.sh set up and held (HOLD=1) in a process group
-# of its own, for the scripts that drive its processes by hand (syscalls.sh, ab_held.sh). Sets
-# HOLDER (end it with `kill -- -$HOLDER`), HELD_SERVER_PID, HELD_URL (the server's base URL),
-# HELD_DIR (its scratch dir: whole.json,
-# stream.json, data/), HELD_KEY (a project key), NGINX_PID and PROXY_PID (the canned upstream's
-# and nginx as a proxy's masters) and the ports P_WHOLE, P_PROXY, P_STREAM and P_PROXY_STREAM.
-# Passes AICLOUD_BIN, LOADGEN and SYNC through.
+# of its own, for the scripts that drive its processes by hand (syscalls.sh, instructions.sh,
+# ab_held.sh). Sets HOLDER (end it with `kill -- -$HOLDER`), HELD_SERVER_PID, HELD_URL (the
+# server's base URL), HELD_DIR (its scratch dir: whole.json, stream.json, data/), HELD_KEY (a
+# project key), NGINX_PID and PROXY_PID (the canned upstream's and nginx as a proxy's masters) and
+# the ports P_WHOLE, P_PROXY, P_STREAM and P_PROXY_STREAM. run.sh reads AICLOUD_BIN, LOADGEN and
+# SYNC from the environment: export them first.
 hold_gateway_bench() {
   local root line
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
